@@ -1,0 +1,162 @@
+"""Typed configuration: dataclasses with defaults, loaded from YAML or plain dicts.
+
+Every CHOICE the paper leaves open (see the README) is a field here with its default, so a run's
+config file records exactly what was built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or dict that does not fit the dataclass it is loaded into."""
+
+
+@dataclass
+class BackboneConfig:
+    """Which open_clip model to build and where its weights come from."""
+
+    name: str = "ViT-B-16"
+    # An open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...) or None for random weights.
+    pretrained: str | None = "openai"
+    # A local weights file standing in for the tag's download (or used alone when pretrained is None).
+    weights: str | None = None
+    # None: QuickGELU exactly when the pretrained tag was trained with it (all OpenAI weights).
+    quick_gelu: bool | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+
+
+@dataclass
+class PromptConfig:
+    """Class-specific soft prompts (CoOp style, one context per class)."""
+
+    n_ctx: int = 16
+    # A phrase such as "a photo of a": contexts start as its token embeddings and n_ctx becomes its length.
+    init: str | None = None
+    init_std: float = 0.02
+
+
+@dataclass
+class GraphConfig:
+    """Label-correlation graph over the classes' CLIP text embeddings."""
+
+    sparsify: Literal["topk", "threshold"] = "topk"
+    topk: int = 4
+    threshold: float = 0.8
+    # ML-GCN re-weighting: off-diagonal mass p spread over neighbours, 1 - p kept on the diagonal.
+    p: float = 0.2
+    # "ensemble" (the CLIP notebook's seven templates plus "a photo of a {}.") or explicit templates.
+    templates: str | list[str] = "ensemble"
+
+
+@dataclass
+class GCNConfig:
+    enabled: bool = True
+    layers: int = 3
+    # None: the CLIP embedding width.
+    hidden: int | None = None
+    negative_slope: float = 0.2
+
+
+@dataclass
+class AdapterConfig:
+    """Parameter-efficient tuning of the image tower."""
+
+    # auto: AdaptFormer adapters on ViT towers, bias/norm tuning on ResNet towers.
+    kind: Literal["auto", "none", "adaptformer", "lora", "bias_norm"] = "auto"
+    bottleneck: int = 2
+    scale: float = 0.1
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    lora_targets: list[str] = field(default_factory=lambda: ["attn.out_proj", "mlp.c_fc", "mlp.c_proj"])
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    gcn: GCNConfig = field(default_factory=GCNConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    # None: start from the backbone's own CLIP logit scale (1 / temperature).
+    init_logit_scale: float | None = None
+    learn_temperature: bool = True
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build a config dataclass from a dict, rejecting unknown keys so that typos never pass silently."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def load_config(path: str | Path, cls: type[T] = ModelConfig) -> T:  # type: ignore[assignment]
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return from_dict(cls, data, where=path.name)
