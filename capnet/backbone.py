@@ -1,0 +1,182 @@
+"""Builds an open_clip backbone: architecture, weights (tag, cache or local file), device and precision.
+
+Weights are resolved before open_clip is called so that an offline machine gets one clear error at once
+instead of a minute of hub retries ending in a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+from torch import nn
+
+from capnet.config import BackboneConfig
+
+WEIGHTS_ENV = "CAPNET_CLIP_WEIGHTS"
+TINY_MODELS = ("capnet-tiny", "capnet-tiny-rn")
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+open_clip.add_model_config(_CONFIG_DIR)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested CLIP weights are neither cached, nor on disk, nor downloadable."""
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU; an explicit name is taken as is."""
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPUs; CPU runs stay in fp32, where bf16 is slower and changes AP ties."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class WeightsPlan:
+    """What open_clip will be asked for: a file to load (or None for random init) and how."""
+
+    checkpoint: str | None
+    quick_gelu: bool
+    preprocess_overrides: dict[str, Any]
+    source: str
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _cached_file(tag_cfg: dict[str, Any], cache_dir: str | None) -> str | None:
+    """The tag's file in the hub cache, looked for the way open_clip would download it (safetensors first)."""
+    hub = tag_cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+    repo_id, filename = os.path.split(hub)
+    filename = filename or HF_WEIGHTS_NAME
+    for name in [*_get_safe_alternatives(filename), filename]:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def plan_weights(cfg: BackboneConfig, *, probe: Callable[[], bool] = _hub_reachable) -> WeightsPlan:
+    """Decide where the weights come from, failing early and readably when they cannot be had."""
+    if cfg.name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model '{cfg.name}' (see open_clip.list_models())")
+    local = cfg.weights or (os.environ.get(WEIGHTS_ENV) if cfg.pretrained else None)
+    if local and not Path(local).is_file():
+        raise WeightsUnavailableError(f"weights file not found: {local}")
+    if not cfg.pretrained:
+        quick = bool(cfg.quick_gelu)
+        return WeightsPlan(local, quick, {}, f"local file {local}" if local else "random initialisation")
+
+    tag_cfg = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained)
+    if not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(cfg.name)
+        raise ValueError(f"'{cfg.pretrained}' is not a pretrained tag of {cfg.name} (known: {tags})")
+    quick = tag_cfg.get("quick_gelu", False) if cfg.quick_gelu is None else cfg.quick_gelu
+    overrides = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    if local:
+        return WeightsPlan(local, quick, overrides, f"{cfg.pretrained} weights from {local}")
+    cached = _cached_file(tag_cfg, cfg.cache_dir)
+    if cached:
+        return WeightsPlan(cached, quick, overrides, f"{cfg.pretrained} weights (cached)")
+    if not probe():
+        raise WeightsUnavailableError(
+            f"{cfg.name} '{cfg.pretrained}' weights are not cached and the model hub cannot be reached: "
+            f"pass a local weights file (weights=PATH, --weights PATH), set {WEIGHTS_ENV}=PATH, "
+            f"go online once so open_clip caches them, or use pretrained=None for random weights"
+        )
+    return WeightsPlan(None, quick, overrides, f"{cfg.pretrained} weights (downloaded)")
+
+
+@dataclass
+class Backbone:
+    """An open_clip model with its preprocessing and tokenizer, frozen and on its device."""
+
+    model: nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    config: BackboneConfig
+    source: str
+    device: torch.device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.model.visual.image_mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.model.visual.image_std)
+
+    @property
+    def is_vit(self) -> bool:
+        return hasattr(self.model.visual, "transformer")
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+
+def load_backbone(config: BackboneConfig | None = None, **overrides: Any) -> Backbone:
+    """Build the backbone of ``config`` (fields may be overridden by keyword)."""
+    cfg = BackboneConfig(**{**(vars(config) if config else {}), **overrides})
+    plan = plan_weights(cfg)
+    device = select_device(cfg.device)
+    kwargs: dict[str, Any] = dict(force_quick_gelu=plan.quick_gelu, cache_dir=cfg.cache_dir, device="cpu")
+    kwargs.update({f"image_{k}": v for k, v in plan.preprocess_overrides.items()})
+    if plan.checkpoint:
+        pretrained = plan.checkpoint
+    elif cfg.pretrained and plan.source.endswith("(downloaded)"):
+        pretrained = cfg.pretrained
+    else:
+        pretrained = None
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.name, pretrained=pretrained, **kwargs
+        )
+    except RuntimeError as exc:  # open_clip wraps download and shape errors alike
+        raise WeightsUnavailableError(
+            f"could not load {cfg.name} weights: {str(exc).splitlines()[0]}"
+        ) from None
+    model.eval().requires_grad_(False).to(device)
+    tokenizer = open_clip.get_tokenizer(cfg.name)
+    return Backbone(model, preprocess, tokenizer, cfg, plan.source, device)

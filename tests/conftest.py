@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny registered open_clip architectures with fixed random weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from capnet.backbone import load_backbone
+from tests.common import LTSPLITS
+
+
+@pytest.fixture
+def tiny_backbone():
+    """A factory: a fresh, deterministic tiny backbone per call (models attach adapters in place)."""
+
+    def make(name: str = "capnet-tiny", seed: int = 0, **kwargs):
+        torch.manual_seed(seed)
+        return load_backbone(name=name, pretrained=None, device="cpu", **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def lt_summary():
+    path = LTSPLITS / "lt_summary.json"
+    if not path.is_file():
+        pytest.skip(f"official split files not available at {LTSPLITS}")
+    return json.loads(path.read_text())
