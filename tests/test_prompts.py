@@ -1,0 +1,68 @@
+"""Soft prompts reproduce open_clip's own encode_text when their contexts hold the template words."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from capnet.prompts import ClassPrompts
+from tests.common import ODD_NAMES, VOC_CLASSES
+
+
+@pytest.fixture(scope="module")
+def vit_b16():
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True).eval()
+    return model.requires_grad_(False), open_clip.get_tokenizer("ViT-B-16")
+
+
+def _reference(clip, tokenizer, names, phrase="a photo of a"):
+    with torch.no_grad():
+        return clip.encode_text(tokenizer([f"{phrase} {n}." for n in names]))
+
+
+@pytest.mark.parametrize("names", [ODD_NAMES, VOC_CLASSES])
+def test_template_context_equals_encode_text_on_vit_b16(vit_b16, names):
+    clip, tokenizer = vit_b16
+    prompts = ClassPrompts(clip, tokenizer, names, init="a photo of a")
+    assert prompts.n_ctx == 4
+    with torch.no_grad():
+        ours = prompts()
+    assert (ours - _reference(clip, tokenizer, names)).abs().max() < 1e-5
+
+
+def test_random_context_set_to_template_words_equals_encode_text(tiny_backbone):
+    b = tiny_backbone()
+    phrase = "a blurry photo of the"
+    prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=5)
+    words = b.model.token_embedding(b.tokenizer([phrase]))[0, 1:6]
+    with torch.no_grad():
+        prompts.ctx.copy_(words.expand(len(ODD_NAMES), -1, -1))
+        ours = prompts()
+    assert (ours - _reference(b.model, b.tokenizer, ODD_NAMES, phrase)).abs().max() < 1e-5
+
+
+def test_gradients_reach_only_the_contexts(tiny_backbone):
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=16)
+    assert prompts.ctx.shape == (len(ODD_NAMES), 16, b.model.token_embedding.weight.shape[1])
+    assert [n for n, _ in prompts.named_parameters()] == ["ctx"]
+    b.model.requires_grad_(True)  # even an unfrozen tower must get no gradient through buffers
+    prompts().pow(2).sum().backward()
+    assert prompts.ctx.grad is not None and prompts.ctx.grad.abs().sum() > 0
+    assert b.model.token_embedding.weight.grad is None
+
+
+def test_sequence_is_cut_to_the_longest_prompt(tiny_backbone):
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ["cat", "dog"], n_ctx=4)
+    # [SOS] 4 ctx, name, '.', [EOS]
+    assert prompts.embeddings().shape[1] == 1 + 4 + 1 + 1 + 1
+
+
+def test_too_long_class_name_is_named(tiny_backbone):
+    b = tiny_backbone()
+    long_name = " ".join(["word"] * 80)
+    with pytest.raises(ValueError, match="too long.*word word"):
+        ClassPrompts(b.model, b.tokenizer, ["cat", long_name], n_ctx=16)
