@@ -119,6 +119,11 @@ def plan_weights(cfg: BackboneConfig, *, probe: Callable[[], bool] = _hub_reacha
     return WeightsPlan(None, quick, overrides, f"{cfg.pretrained} weights (downloaded)")
 
 
+def image_size(visual: nn.Module) -> int:
+    size = visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 @dataclass
 class Backbone:
     """An open_clip model with its preprocessing and tokenizer, frozen and on its device."""
@@ -136,8 +141,7 @@ class Backbone:
 
     @property
     def image_size(self) -> int:
-        size = self.model.visual.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return image_size(self.model.visual)
 
     @property
     def mean(self) -> tuple[float, ...]:

@@ -1,4 +1,4 @@
-"""Backbone loading: devices, weight resolution (tag, cache, local file, env var), QuickGELU, offline errors."""
+"""Backbone loading: devices, weight resolution (tag, cache, file, env var), QuickGELU, offline errors."""
 
 from __future__ import annotations
 

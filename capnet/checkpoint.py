@@ -1,0 +1,129 @@
+"""Checkpoints: only the trained tensors, in safetensors, with JSON metadata in the file's header.
+
+Nothing is ever unpickled: a checkpoint handed in by a user is read as raw tensors and a JSON string.
+The frozen backbone is rebuilt from its name and tag, so a ViT-B/16 checkpoint is kilobytes, not 600 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from capnet._version import __version__
+from capnet.backbone import load_backbone
+from capnet.config import ModelConfig, from_dict
+from capnet.model import CapNet
+
+FORMAT = "capnet-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is unreadable or does not belong to the model it is loaded into."""
+
+
+def save_checkpoint(model: CapNet, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write atomically (temp file, then rename) so that an interrupted save never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "capnet_version": __version__,
+        "backbone": {"name": model.config.backbone.name, "pretrained": model.config.backbone.pretrained},
+        "class_names": model.class_names,
+        "zero_shot": model.zero_shot,
+        "config": asdict(model.config),
+        **(extra or {}),
+    }
+    tensors = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"capnet": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("capnet")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path.name} is not a safetensors checkpoint ({exc})") from None
+    if raw is None:
+        raise CheckpointError(f"{path.name} has no capnet metadata: not a capnet checkpoint")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name}: unsupported checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def _check_matches(model: CapNet, meta: dict[str, Any], name: str) -> None:
+    want = meta["backbone"]
+    have = {"name": model.config.backbone.name, "pretrained": model.config.backbone.pretrained}
+    if want != have:
+        raise CheckpointError(
+            f"{name} was trained on backbone {want['name']} ({want['pretrained']}), "
+            f"but the model uses {have['name']} ({have['pretrained']})"
+        )
+    if meta["class_names"] != model.class_names:
+        extra = [c for c in meta["class_names"] if c not in model.class_names]
+        missing = [c for c in model.class_names if c not in meta["class_names"]]
+        detail = (
+            f"not in the model: {extra}; not in the checkpoint: {missing}" if extra or missing else "order"
+        )
+        raise CheckpointError(f"{name} has a different class list ({detail})")
+
+
+def load_checkpoint(model: CapNet, path: str | Path) -> dict[str, Any]:
+    """Load trained tensors into ``model`` after checking backbone and classes; returns the metadata."""
+    path = Path(path)
+    meta = read_metadata(path)
+    _check_matches(model, meta, path.name)
+    expected = model.trainable_state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        if keys != set(expected):
+            raise CheckpointError(
+                f"{path.name} does not fit this model's trainable parts "
+                f"(missing {sorted(set(expected) - keys)[:5]}, unexpected {sorted(keys - set(expected))[:5]})"
+            )
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for key in keys:
+                tensor = f.get_tensor(key)
+                if tensor.shape != params[key].shape:
+                    raise CheckpointError(
+                        f"{path.name}: {key} has shape {tuple(tensor.shape)}, "
+                        f"the model {tuple(params[key].shape)}"
+                    )
+                params[key].copy_(tensor)
+    return meta
+
+
+def model_from_checkpoint(path: str | Path, **backbone_overrides: Any) -> CapNet:
+    """Rebuild backbone and model from the metadata, then load the trained tensors.
+
+    ``backbone_overrides`` (weights=..., device=..., cache_dir=...) say where this machine finds the weights.
+    """
+    meta = read_metadata(path)
+    config = from_dict(ModelConfig, meta["config"])
+    # Paths and devices of the machine that trained it mean nothing here.
+    local = {"weights": None, "device": "auto", "cache_dir": None, **backbone_overrides}
+    backbone = load_backbone(config.backbone, **local)
+    model = CapNet(backbone, meta["class_names"], config, zero_shot=meta["zero_shot"])
+    load_checkpoint(model, path)
+    return model
