@@ -7,6 +7,7 @@ instead of a minute of hub retries ending in a traceback.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 from collections.abc import Callable
@@ -117,6 +118,21 @@ def plan_weights(cfg: BackboneConfig, *, probe: Callable[[], bool] = _hub_reacha
             f"go online once so open_clip caches them, or use pretrained=None for random weights"
         )
     return WeightsPlan(None, quick, overrides, f"{cfg.pretrained} weights (downloaded)")
+
+
+def frozen_fingerprint(module: nn.Module) -> str:
+    """A digest of a module's frozen weights (names, shapes, leading values): equal weights, equal digest.
+
+    Sums are avoided so that the same weights give the same digest on any device.
+    """
+    digest = hashlib.sha256()
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            continue
+        head = param.detach().flatten()[:64].float().cpu().numpy()
+        digest.update(f"{name}{tuple(param.shape)}".encode())
+        digest.update(head.tobytes())
+    return digest.hexdigest()[:32]
 
 
 def image_size(visual: nn.Module) -> int:

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from capnet._version import __version__
-from capnet.backbone import load_backbone
+from capnet.backbone import frozen_fingerprint, load_backbone
 from capnet.config import ModelConfig, from_dict
 from capnet.model import CapNet
 
@@ -34,19 +34,21 @@ def save_checkpoint(model: CapNet, path: str | Path, extra: dict[str, Any] | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
+        **(extra or {}),
         "format": FORMAT,
         "capnet_version": __version__,
         "backbone": {"name": model.config.backbone.name, "pretrained": model.config.backbone.pretrained},
         "class_names": model.class_names,
         "zero_shot": model.zero_shot,
         "config": asdict(model.config),
-        **(extra or {}),
+        "backbone_fingerprint": frozen_fingerprint(model.clip),
     }
     tensors = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"capnet": json.dumps(meta)})
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -65,7 +67,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path.name} is not a safetensors checkpoint ({exc})") from None
     if raw is None:
         raise CheckpointError(f"{path.name} has no capnet metadata: not a capnet checkpoint")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path.name}: corrupt capnet metadata")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path.name}: unsupported checkpoint format {meta.get('format')!r}")
     return meta
@@ -86,6 +93,11 @@ def _check_matches(model: CapNet, meta: dict[str, Any], name: str) -> None:
             f"not in the model: {extra}; not in the checkpoint: {missing}" if extra or missing else "order"
         )
         raise CheckpointError(f"{name} has a different class list ({detail})")
+    if meta.get("backbone_fingerprint") not in (None, frozen_fingerprint(model.clip)):
+        raise CheckpointError(
+            f"{name} was trained on other {want['name']} weights than the ones loaded "
+            f"(pass the same weights file, or the same pretrained tag)"
+        )
 
 
 def load_checkpoint(model: CapNet, path: str | Path) -> dict[str, Any]:
@@ -102,15 +114,17 @@ def load_checkpoint(model: CapNet, path: str | Path) -> dict[str, Any]:
                 f"(missing {sorted(set(expected) - keys)[:5]}, unexpected {sorted(keys - set(expected))[:5]})"
             )
         params = dict(model.named_parameters())
-        with torch.no_grad():
-            for key in keys:
-                tensor = f.get_tensor(key)
-                if tensor.shape != params[key].shape:
-                    raise CheckpointError(
-                        f"{path.name}: {key} has shape {tuple(tensor.shape)}, "
-                        f"the model {tuple(params[key].shape)}"
-                    )
-                params[key].copy_(tensor)
+        tensors = {key: f.get_tensor(key) for key in keys}
+    wrong = [
+        f"{k} {tuple(t.shape)} vs {tuple(params[k].shape)}"
+        for k, t in tensors.items()
+        if t.shape != params[k].shape
+    ]
+    if wrong:
+        raise CheckpointError(f"{path.name}: tensor shapes differ from the model's: {wrong[:3]}")
+    with torch.no_grad():
+        for key, tensor in tensors.items():
+            params[key].copy_(tensor)
     return meta
 
 

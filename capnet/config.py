@@ -128,6 +128,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads "1e-3" as a string; a person writing it means a number.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if tp in (int, float, str, bool) and not (
         isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     ):
@@ -160,3 +166,77 @@ def load_config(path: str | Path, cls: type[T] = ModelConfig) -> T:  # type: ign
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return from_dict(cls, data, where=path.name)
+
+
+@dataclass
+class DataConfig:
+    """Where a benchmark's images and labels are, in one of the supported layouts (see the README)."""
+
+    format: Literal["voc", "coco", "nus_wide", "list", "csv"] = "list"
+    # voc: the VOCdevkit folder; coco: the folder holding train2017/, val2017/ and annotations/;
+    # nus_wide: the NUS-WIDE folder; list/csv: the folder that relative image paths start from.
+    root: str = "data"
+    # voc: "2012/trainval"; coco: "train2017"; nus_wide: "Train"; list/csv: the file.
+    train: str = ""
+    test: str = ""
+    # An official id list (img_id.txt, COCO's img_id.pkl text file) selecting the long-tailed training set.
+    train_ids: str | None = None
+    # list format: a "name idx" file or the names themselves; csv: optional fixed class order.
+    class_names: str | list[str] | None = None
+    # A validation split carved from the training set (never the test set); 0 disables it.
+    val_fraction: float = 0.1
+    skip_bad: bool = False
+    num_workers: int = 2
+
+
+@dataclass
+class LossConfig:
+    name: Literal["dbfocal", "bce", "focal", "asl"] = "dbfocal"
+    mu: float = 0.3
+    neg_scale: float = 5.0
+    init_bias: float = 0.05
+    alpha: float = 0.1
+    beta: float = 10.0
+    gamma: float = 2.0
+    balance: float = 2.0
+    class_weight_power: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.002
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    grad_clip: float | None = 1.0
+    class_aware_sampling: bool = False
+    # Start the class biases from the calibration of the README, on training images with prior n_c / N.
+    calibrate_init: bool = True
+    # Reuse image features across epochs when the image tower is frozen (no adapters).
+    feature_cache: bool = True
+    cache_dir: str = ".cache/capnet-features"
+    seed: int = 0
+    out_dir: str = "runs"
+
+
+@dataclass
+class EvalConfig:
+    tta: bool = True
+    flips: bool = False
+    threshold: float = 0.5
+    batch_size: int = 64
+
+
+@dataclass
+class RunConfig:
+    """One experiment: what to build, on what data, how to train and evaluate it."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
