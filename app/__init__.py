@@ -1,0 +1,1 @@
+"""The capnet Gradio app: a thin layer of UI over the capnet library."""

@@ -1,0 +1,73 @@
+"""Which model the app serves: a flag, a checkpoint, the default OpenAI ViT-B/16, or an offline fallback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capnet.backbone import WEIGHTS_ENV, Backbone, WeightsUnavailableError, load_backbone
+from capnet.checkpoint import model_from_checkpoint
+from capnet.model import CapNet
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@dataclass
+class ModelChoice:
+    backbone_name: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    weights: str | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+
+
+@dataclass
+class ServedModels:
+    """A clean backbone for open-vocabulary zero-shot, plus the trained model when a checkpoint is loaded."""
+
+    backbone: Backbone
+    banner: str
+    trained: CapNet | None = None
+    zero_shot_cache: dict[tuple[str, ...], CapNet] = field(default_factory=dict)
+
+    def zero_shot(self, class_names: tuple[str, ...]) -> CapNet:
+        if class_names not in self.zero_shot_cache:
+            if len(self.zero_shot_cache) > 16:
+                self.zero_shot_cache.clear()
+            self.zero_shot_cache[class_names] = CapNet(self.backbone, class_names, zero_shot=True).eval()
+        return self.zero_shot_cache[class_names]
+
+
+def _newest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return found[0] if found else None
+
+
+def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_DIR) -> ServedModels:
+    """Never raises for missing weights: the fallback is a random tiny model and a banner that says so."""
+    checkpoint = Path(choice.checkpoint) if choice.checkpoint else _newest_checkpoint(checkpoints_dir)
+    overrides = {"weights": choice.weights, "device": choice.device}
+    if checkpoint is not None:
+        try:
+            trained = model_from_checkpoint(checkpoint, **overrides).eval()
+            backbone = load_backbone(trained.config.backbone, **overrides)
+            banner = (
+                f"Serving the trained checkpoint **{checkpoint.name}** ({trained.num_classes} classes) "
+                f"on {backbone.config.name} ({backbone.source}), with zero-shot alongside."
+            )
+            return ServedModels(backbone, banner, trained)
+        except (WeightsUnavailableError, ValueError) as exc:
+            note = f"Checkpoint {checkpoint.name} could not be loaded ({exc}). "
+    else:
+        note = ""
+    try:
+        backbone = load_backbone(name=choice.backbone_name, pretrained=choice.pretrained, **overrides)
+        banner = f"{note}Serving zero-shot {backbone.config.name} ({backbone.source})."
+    except WeightsUnavailableError as exc:
+        backbone = load_backbone(name="capnet-tiny", pretrained=None, device=choice.device)
+        banner = (
+            f"{note}**Offline fallback: a tiny CLIP with random weights; its predictions mean nothing.** "
+            f"{exc}. To serve real weights: `python app.py --weights /path/to/ViT-B-16.safetensors` "
+            f"or set `{WEIGHTS_ENV}`, or run once online so open_clip caches them."
+        )
+    return ServedModels(backbone, banner)
