@@ -29,6 +29,9 @@ class SingleView:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.tensor(self.resize(image.convert("RGB")))
 
+    def __repr__(self) -> str:  # the feature cache keys on it: describe the transform, not the object
+        return f"SingleView({self.resize!r}, {self.tensor!r})"
+
 
 class FiveCropViews:
     """(V, 3, size, size) views: four corners and centre of a ``size * 248/224`` resize, plus their flips."""
@@ -49,6 +52,9 @@ class FiveCropViews:
         if self.flips:
             crops += [TF.horizontal_flip(c) for c in crops]
         return torch.stack([self.tensor(c) for c in crops])
+
+    def __repr__(self) -> str:
+        return f"FiveCropViews({self.size}, {self.resize!r}, flips={self.flips}, {self.tensor!r})"
 
 
 def view_transform(

@@ -1,0 +1,1 @@
+"""Training and evaluation: everything that runs a CapNet model over a dataset."""

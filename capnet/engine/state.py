@@ -1,0 +1,73 @@
+"""Resumable training state without pickle: tensors in safetensors, everything else as JSON in its header."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from capnet.model import CapNet
+
+
+def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for idx, slots in state["state"].items():
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{idx}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}/{key}"] = value
+    return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
+
+
+def _join_optimizer_state(f, meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+        if name.startswith("optim/"):
+            _, idx, key = name.split("/", 2)
+            state.setdefault(int(idx), {})[key] = f.get_tensor(name)
+    for name, value in meta["scalars"].items():
+        idx, key = name.split("/", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_training_state(
+    path: Path, model: CapNet, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, extra: dict
+) -> None:
+    """Atomic: written to a temp file in the same folder, then renamed over the previous state."""
+    tensors = {f"model/{k}": v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    optim_tensors, optim_meta = _split_optimizer_state(optimizer.state_dict())
+    tensors.update(optim_tensors)
+    meta = {"epoch": epoch, "optimizer": optim_meta, "scheduler": scheduler.state_dict(), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"capnet-train": json.dumps(meta, default=float)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_training_state(path: Path, model: CapNet, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
+    """Restore model, optimiser and schedule; returns the metadata (its "epoch" is the last one finished)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["capnet-train"])
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if name.startswith("model/"):
+                    params[name[len("model/") :]].copy_(f.get_tensor(name))
+        optim_state = _join_optimizer_state(f, meta["optimizer"])
+    optimizer.load_state_dict(optim_state)
+    scheduler.load_state_dict(meta["scheduler"])
+    return meta

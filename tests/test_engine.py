@@ -1,0 +1,193 @@
+"""Training, resuming, the feature cache, evaluation reports and the CLI, end to end on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from capnet import cli
+from capnet.backbone import load_backbone
+from capnet.config import RunConfig, from_dict
+from capnet.data.sources import load_split
+from capnet.engine import features as feature_module
+from capnet.engine.evaluate import score_records
+from capnet.engine.schedule import warmup_cosine
+from capnet.engine.trainer import ClassAwareSampler, Trainer, split_validation
+from capnet.metrics import lt_map
+from capnet.model import CapNet
+from tests.synthetic import write_coco, write_voc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_config(tmp_path: Path, data: dict, **train) -> dict:
+    return {
+        "name": "synthetic",
+        "model": {
+            "backbone": {"name": "capnet-tiny", "pretrained": None, "device": "cpu"},
+            "prompt": {"n_ctx": 4},
+            "adapter": {"kind": "lora"},
+            "init_logit_scale": 100,
+        },
+        "data": {"num_workers": 0, "val_fraction": 0.2, **data},
+        "loss": {"name": "dbfocal"},
+        "train": {"epochs": 6, "batch_size": 16, "optimizer": "adamw", "lr": 0.003, "warmup_epochs": 0.5,
+                  "cache_dir": str(tmp_path / "cache"), "out_dir": str(tmp_path / "runs"), **train},
+        "eval": {"tta": True, "batch_size": 32},
+    }  # fmt: skip
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def untrained_map(cfg: dict) -> float:
+    """The same model with the same seed, before any training, scored like `capnet eval` without TTA."""
+    rc = from_dict(RunConfig, cfg)
+    pool = load_split(rc.data, "train")
+    train, _ = split_validation(pool, rc.data.val_fraction, rc.train.seed)
+    test = load_split(rc.data, "test")
+    torch.manual_seed(rc.train.seed)
+    model = CapNet(load_backbone(rc.model.backbone), pool.class_names, rc.model)
+    return lt_map(score_records(model, test), test.labels, train.class_freq)["total"]
+
+
+@pytest.mark.parametrize("layout", ["voc", "coco"])
+def test_training_learns_and_the_report_has_every_field(tmp_path, layout, capsys):
+    if layout == "voc":
+        data = {"format": "voc", "root": str(write_voc(tmp_path / "voc", 100, 60)), "test": "2007/test"}
+    else:
+        data = {"format": "coco", "root": str(write_coco(tmp_path / "coco", 100, 60)), "test": "val2017"}
+    cfg = run_config(tmp_path, data)
+    assert cli.main(["train", "--config", str(write_yaml(tmp_path / "run.yaml", cfg))]) == 0
+    out = tmp_path / "runs" / "synthetic"
+    report = json.loads((out / "report.json").read_text())
+    before = untrained_map(cfg)
+    after = report["results"]["single"]["total"]
+    tta = report["results"]["tta"]["total"]
+    print(f"{layout}: untrained mAP {before:.3f} -> trained {after:.3f} (TTA {tta:.3f})")
+    assert after > before + 0.1, (before, after)
+
+    for key in ("total", "head", "medium", "tail", "micro_f1", "macro_f1"):
+        assert key in report["results"]["single"] and key in report["results"]["tta"]
+    assert report["num_images"] == 60 and len(report["per_class"]) == len(report["class_names"])
+    row = report["per_class"][0]
+    assert set(row) == {"class", "train_count", "group", "test_positives", "ap_single", "ap_tta"}
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert list(per_class["class"]) == report["class_names"]
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 60 and {"image_id", "path"} <= set(scores.columns)
+    assert all(f"p:{n}" in scores and f"y:{n}" in scores for n in report["class_names"])
+    # The per-image probabilities reproduce the report's AP (TTA is the primary setting).
+    c = next(i for i, r in enumerate(report["per_class"]) if r["test_positives"] > 0)
+    name = report["class_names"][c]
+    from sklearn.metrics import average_precision_score
+
+    assert math.isclose(average_precision_score(scores[f"y:{name}"], scores[f"p:{name}"]),
+                        report["per_class"][c]["ap_tta"], abs_tol=1e-4)  # fmt: skip
+
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, 7))
+    assert {"train_loss", "lr", "images_per_s", "val_total"} <= set(log[0])
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+
+
+def _trainer(tmp_path: Path, out: str, **train) -> Trainer:
+    data = {"format": "voc", "root": str(write_voc(tmp_path / "voc", 40, 10))}
+    rc = from_dict(RunConfig, run_config(tmp_path, data, epochs=3, **train))
+    pool = load_split(rc.data, "train")
+    train_set, val = split_validation(pool, 0.2, 0)
+    torch.manual_seed(0)
+    model = CapNet(load_backbone(rc.model.backbone), pool.class_names, rc.model)
+    return Trainer(rc, model, train_set, val, tmp_path / out)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "none"])
+def test_resume_continues_to_the_same_result(tmp_path, adapter):
+    straight = _trainer(tmp_path, "a", class_aware_sampling=True)
+    if adapter == "none":
+        straight.cfg.model.adapter.kind = "none"
+    straight.fit()
+    first = _trainer(tmp_path, "b", class_aware_sampling=True)
+    assert first.fit(stop_after=2) is None
+    resumed = _trainer(tmp_path, "b", class_aware_sampling=True)
+    assert resumed.fit(resume=True) is not None
+    a, b = straight.model.trainable_state_dict(), resumed.model.trainable_state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    log = [json.loads(x)["epoch"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]
+    assert not list((tmp_path / "b").glob("*.tmp"))
+
+
+def test_feature_cache_is_reused_and_keyed(tmp_path, monkeypatch):
+    calls = []
+    real = feature_module.compute_features
+    monkeypatch.setattr(feature_module, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    data = {"format": "voc", "root": str(write_voc(tmp_path / "voc", 30, 10))}
+
+    def build(seed: int = 0) -> Trainer:
+        cfg = run_config(tmp_path, data, epochs=2)
+        cfg["model"]["adapter"]["kind"] = "none"
+        rc = from_dict(RunConfig, cfg)
+        pool = load_split(rc.data, "train")
+        torch.manual_seed(seed)
+        return Trainer(rc, CapNet(load_backbone(rc.model.backbone), pool.class_names, rc.model), pool, None,
+                       tmp_path / "out")  # fmt: skip
+
+    first = build()
+    assert first.use_cache and len(calls) == 1 and first.cached.shape[:2] == (30, 2)
+    first.fit()
+    assert len(calls) == 1, "training epochs must reuse the cached features"
+    again = build()
+    assert len(calls) == 1 and torch.equal(again.cached, first.cached)
+    build(seed=1)  # other (random) backbone weights: never the same cache
+    assert len(calls) == 2
+    image = next((tmp_path / "voc").rglob("VOC2012/JPEGImages/*.jpg"))
+    os.utime(image, ns=(0, 0))  # a changed image file
+    build()
+    assert len(calls) == 3
+
+
+def test_class_aware_sampler_balances_classes():
+    labels = np.zeros((1000, 4), np.uint8)
+    labels[:900, 0] = 1
+    labels[900:980, 1] = 1
+    labels[980:995, 2] = 1
+    labels[995:, 3] = 1
+    sampler = ClassAwareSampler(labels, 8000, torch.Generator().manual_seed(0))
+    picked = labels[list(sampler)].sum(0) / 8000
+    assert np.all(np.abs(picked - 0.25) < 0.03), picked
+
+
+def test_warmup_then_cosine():
+    factor = warmup_cosine(total_steps=10, warmup_steps=2)
+    expected = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    assert [round(factor(s), 12) for s in range(10)] == [round(e, 12) for e in expected]
+
+
+def test_two_process_ddp_on_gloo(tmp_path):
+    data = {"format": "voc", "root": str(write_voc(tmp_path / "voc", 32, 8))}
+    config = write_yaml(tmp_path / "ddp.yaml", run_config(tmp_path, data, epochs=2, batch_size=8))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "capnet.cli", "train", "--config", str(config), "--no-eval"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "runs" / "synthetic"
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]  # one writer: rank 0
+    assert (out / "model.safetensors").is_file()
