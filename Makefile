@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.capnet-installed
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: install test lint app clean
 
 $(STAMP): pyproject.toml requirements.txt
@@ -14,11 +16,17 @@ $(STAMP): pyproject.toml requirements.txt
 
 install: $(STAMP)
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check capnet app tests app.py
-	$(VENV)/bin/ruff format --check capnet app tests app.py
+# Debian's chromium for the browser tests (Playwright cannot download its own browser here).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium is missing and this is not root: the browser tests will skip"; fi
 
-test: $(STAMP) lint
+lint: $(STAMP)
+	$(VENV)/bin/ruff check capnet app tests tools app.py
+	$(VENV)/bin/ruff format --check capnet app tests tools app.py
+
+test: $(STAMP) $(CHROMIUM) lint
 	$(PY) -m pytest -q
 
 app: $(STAMP)

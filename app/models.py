@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from capnet.backbone import WEIGHTS_ENV, Backbone, WeightsUnavailableError, load_backbone
-from capnet.checkpoint import model_from_checkpoint
+from capnet.checkpoint import model_from_checkpoint, read_metadata
 from capnet.model import CapNet
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -28,6 +30,7 @@ class ServedModels:
     backbone: Backbone
     banner: str
     trained: CapNet | None = None
+    trained_counts: np.ndarray | None = None  # training class counts stored in the checkpoint
     zero_shot_cache: dict[tuple[str, ...], CapNet] = field(default_factory=dict)
 
     def zero_shot(self, class_names: tuple[str, ...]) -> CapNet:
@@ -55,7 +58,8 @@ def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_
                 f"Serving the trained checkpoint **{checkpoint.name}** ({trained.num_classes} classes) "
                 f"on {backbone.config.name} ({backbone.source}), with zero-shot alongside."
             )
-            return ServedModels(backbone, banner, trained)
+            counts = read_metadata(checkpoint).get("class_freq")
+            return ServedModels(backbone, banner, trained, None if counts is None else np.asarray(counts))
         except (WeightsUnavailableError, ValueError) as exc:
             note = f"Checkpoint {checkpoint.name} could not be loaded ({exc}). "
     else:
@@ -63,6 +67,8 @@ def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_
     try:
         backbone = load_backbone(name=choice.backbone_name, pretrained=choice.pretrained, **overrides)
         banner = f"{note}Serving zero-shot {backbone.config.name} ({backbone.source})."
+        if backbone.source == "random initialisation":
+            banner += " **Random weights: its predictions mean nothing.** Serve real ones: `--weights PATH`."
     except WeightsUnavailableError as exc:
         backbone = load_backbone(name="capnet-tiny", pretrained=None, device=choice.device)
         banner = (

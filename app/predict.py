@@ -7,14 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 from PIL import Image
 
+from app.graph_view import GROUP_COLOURS
 from app.models import ServedModels
 from capnet.images import ImageError, load_image
 from capnet.labelsets import PRESETS
+from capnet.metrics import class_groups
 from capnet.model import CapNet, validate_class_names
 
 MAX_IMAGES = 16
@@ -61,8 +64,9 @@ def read_uploads(paths: Sequence[str | Path]) -> tuple[list[tuple[str, Image.Ima
 
 @dataclass
 class Prediction:
-    table: pd.DataFrame  # one row per (image, label)
+    table: pd.DataFrame  # one row per (image, model, label)
     models: list[str]
+    groups: dict[str, str]  # label -> head / medium / tail, where training counts are known
 
 
 def _probabilities(model: CapNet, images: list[Image.Image], tta: bool) -> torch.Tensor:
@@ -77,21 +81,23 @@ def calibrate_zero_shot(model: CapNet, references: list[Image.Image], labels_per
     model.calibrate(feats, min(0.5, labels_per_image / model.num_classes))
 
 
+def zero_shot_model(served: ServedModels, labels: tuple[str, ...]) -> CapNet:
+    model = served.zero_shot(labels)
+    if not getattr(model, "app_calibrated", False):
+        calibrate_zero_shot(model, list(sample_photos().values()))
+        model.app_calibrated = True
+    return model
+
+
 def predict(
-    served: ServedModels,
+    models: dict[str, CapNet],
     images: list[tuple[str, Image.Image]],
-    labels: tuple[str, ...],
     *,
     tta: bool = False,
+    counts: np.ndarray | None = None,
 ) -> Prediction:
-    models: dict[str, CapNet] = {}
-    if served.trained is not None and tuple(served.trained.class_names) == labels:
-        models["CAPNET"] = served.trained
-    zero_shot = served.zero_shot(labels)
-    if not getattr(zero_shot, "app_calibrated", False):
-        calibrate_zero_shot(zero_shot, list(sample_photos().values()))
-        zero_shot.app_calibrated = True
-    models["zero-shot"] = zero_shot
+    """Probabilities of every model for every image; all models share one label set."""
+    labels = list(next(iter(models.values())).class_names)
     rows = []
     pil = [im for _, im in images]
     for model_name, model in models.items():
@@ -100,28 +106,34 @@ def predict(
             for label, p in zip(labels, row.tolist()):
                 rows.append({"image": image_name, "model": model_name, "label": label, "probability": p})
     table = pd.DataFrame(rows).sort_values(["image", "model", "probability"], ascending=[True, True, False])
-    return Prediction(table.reset_index(drop=True), list(models))
+    groups = dict(zip(labels, class_groups(counts))) if counts is not None else {}
+    return Prediction(table.reset_index(drop=True), list(models), groups)
 
 
 def bar_chart(prediction: Prediction, image: str, threshold: float, top: int = 15) -> go.Figure:
-    """Ranked labels of one image, one bar series per model, with the decision threshold drawn in."""
+    """Ranked labels of one image: bars coloured by head/medium/tail where known, hatched for zero-shot."""
     fig = go.Figure()
     part = prediction.table[prediction.table.image == image]
     order = part.groupby("label").probability.max().sort_values(ascending=False).index[:top][::-1]
     for model_name in prediction.models:
         rows = part[part.model == model_name].set_index("label").loc[order]
+        colours = [GROUP_COLOURS[prediction.groups.get(label)] for label in order]
         fig.add_bar(
-            y=list(order),
+            y=[
+                f"{label} ({prediction.groups[label]})" if label in prediction.groups else label
+                for label in order
+            ],
             x=rows.probability,
             orientation="h",
             name=model_name,
+            marker=dict(color=colours, pattern_shape="/" if model_name == "zero-shot" else ""),
             hovertemplate="%{y}: %{x:.3f}<extra>" + model_name + "</extra>",
         )
     fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"threshold {threshold:.2f}")
     fig.update_layout(
         barmode="group",
         xaxis=dict(range=[0, 1], title="probability"),
-        height=120 + 28 * len(order),
+        height=140 + 28 * len(order) * max(1, len(prediction.models)),
         margin=dict(l=10, r=10, t=30, b=10),
         title=image,
         legend=dict(orientation="h"),

@@ -98,7 +98,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.model.backbone.device = f"cuda:{torch.cuda.current_device()}"
     model = CapNet(load_backbone(cfg.model.backbone), pool.class_names, cfg.model)
     checkpoint = Trainer(cfg, model, train, val, out_dir).fit(resume=args.resume)
-    if Distributed.from_env().main and not args.no_eval and cfg.data.test:
+    has_test = bool(cfg.data.test) or cfg.data.format in ("voc", "coco", "nus_wide")
+    if Distributed.from_env().main and not args.no_eval and has_test:
         test = _checked(load_split(cfg.data, "test"), cfg.data.skip_bad, "test")
         report, logits = evaluate(
             model,

@@ -30,6 +30,20 @@ from capnet.text import resolve_templates, template_features
 from capnet.tta import FiveCropViews, SingleView, view_transform
 
 MAX_LOGIT_SCALE = 100.0
+TRAINABLE_PARTS = frozenset({"prompts", "gcn", "adapters", "temperature", "bias"})
+
+
+def part_of(name: str) -> str:
+    """Which trainable part a parameter name belongs to."""
+    if name.startswith("prompts."):
+        return "prompts"
+    if name.startswith("gcn."):
+        return "gcn"
+    if name == "logit_scale":
+        return "temperature"
+    if name == "class_bias":
+        return "bias"
+    return "adapters"  # everything trainable inside the image tower
 
 
 def validate_class_names(class_names: Sequence[str]) -> list[str]:
@@ -98,6 +112,9 @@ class CapNet(nn.Module):
         self.class_bias = nn.Parameter(torch.zeros(len(self.class_names)))
         self.class_bias.requires_grad_(not zero_shot)
         self.to(backbone.device)
+        # What training may change, fixed at construction: checkpoints hold exactly these tensors even
+        # when a fine-tuning job freezes some of them (see set_trainable).
+        self.trainable_names = [n for n, p in self.named_parameters() if p.requires_grad]
         self._cache_key: tuple | None = None
         self._cache: torch.Tensor | None = None
 
@@ -189,5 +206,15 @@ class CapNet(nn.Module):
         self.class_bias.copy_(-self.scale * quantiles)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Exactly what training changes: what a checkpoint stores."""
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        """Exactly what training may change: what a checkpoint stores."""
+        params = dict(self.named_parameters())
+        return {name: params[name].detach() for name in self.trainable_names}
+
+    def set_trainable(self, parts: set[str]) -> None:
+        """Choose what trains: any of "prompts", "gcn", "adapters", "temperature", "bias"."""
+        unknown = parts - TRAINABLE_PARTS
+        if unknown:
+            raise ValueError(f"unknown part(s) {sorted(unknown)}; choose from {sorted(TRAINABLE_PARTS)}")
+        params = dict(self.named_parameters())
+        for name in self.trainable_names:
+            params[name].requires_grad_(part_of(name) in parts)

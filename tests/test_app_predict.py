@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from app.models import ModelChoice, load_served_models
-from app.predict import bar_chart, parse_labels, predict, read_uploads
+from app.predict import bar_chart, parse_labels, predict, read_uploads, zero_shot_model
 from capnet.checkpoint import save_checkpoint
 from capnet.labelsets import COCO
 from capnet.model import CapNet
@@ -31,12 +31,14 @@ def test_checkpoint_in_folder_is_served_with_zero_shot_alongside(offline, tiny_b
     model = CapNet(tiny_backbone(), ["cat", "dog", "traffic light"])
     with torch.no_grad():
         model.class_bias.fill_(0.7)
-    save_checkpoint(model, offline / "run.safetensors")
+    save_checkpoint(model, offline / "run.safetensors", {"class_freq": [150, 30, 4]})
     torch.manual_seed(0)  # the tiny backbone has random weights: rebuild the same ones
     served = load_served_models(ModelChoice(), checkpoints_dir=offline)
     assert served.trained is not None and "run.safetensors" in served.banner
     images = [("a.png", Image.new("RGB", (40, 30), "red")), ("b.png", Image.new("RGB", (30, 40), "blue"))]
-    result = predict(served, images, ("cat", "dog", "traffic light"))
+    labels = ("cat", "dog", "traffic light")
+    models = {"CAPNET": served.trained, "zero-shot": zero_shot_model(served, labels)}
+    result = predict(models, images, counts=served.trained_counts)
     assert result.models == ["CAPNET", "zero-shot"]
     assert len(result.table) == 2 * 2 * 3
     first = result.table[(result.table.image == "a.png") & (result.table.model == "CAPNET")]
@@ -46,6 +48,8 @@ def test_checkpoint_in_folder_is_served_with_zero_shot_alongside(offline, tiny_b
     assert all(abs(got[n] - p) < 1e-5 for n, p in zip(model.class_names, expected.tolist()))
     fig = bar_chart(result, "a.png", 0.5)
     assert {trace.name for trace in fig.data} == {"CAPNET", "zero-shot"}
+    assert result.groups == {"cat": "head", "dog": "medium", "traffic light": "tail"}
+    assert any("(tail)" in y for y in fig.data[0].y)
 
 
 def test_labels_are_validated():

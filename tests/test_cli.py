@@ -19,8 +19,8 @@ from capnet.checkpoint import save_checkpoint
 from capnet.data import read_voc
 from capnet.data.longtail import build_longtail
 from capnet.model import CapNet
+from capnet.synthetic import write_voc
 from tests.common import LTSPLITS
-from tests.synthetic import write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -109,3 +109,14 @@ def test_bad_label_sets_are_refused(names, message):
 def test_recorded_backbone_is_the_one_used(tiny_backbone):
     model = CapNet(tiny_backbone(), ["cat"])
     assert model.config.backbone.name == "capnet-tiny" and model.config.backbone.pretrained is None
+
+
+def test_set_trainable_freezes_parts_but_checkpoints_keep_them(tiny_backbone):
+    model = CapNet(tiny_backbone(), ODD_NAMES)
+    everything = set(model.trainable_state_dict())
+    model.set_trainable({"gcn", "bias"})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in everything if n.startswith("gcn.")} | {"class_bias"}
+    assert set(model.trainable_state_dict()) == everything
+    with pytest.raises(ValueError, match="unknown part"):
+        model.set_trainable({"text tower"})

@@ -129,6 +129,7 @@ class Trainer:
         self.steps_per_epoch = max(1, -(-len(train) // (tc.batch_size * self.dist.world)))
         self.optimizer = build_optimizer(model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
+        self.last_epoch: dict[str, Any] = {}
         self.ddp = (
             DistributedDataParallel(model, find_unused_parameters=False) if self.dist.world > 1 else None
         )
@@ -269,6 +270,7 @@ class Trainer:
                     {"config": asdict(self.cfg)},
                 )
             self._log(row)
+            self.last_epoch = row
             if self.dist.world > 1:
                 dist.barrier()
         if end < tc.epochs:

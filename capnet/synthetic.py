@@ -1,4 +1,4 @@
-"""Small learnable multi-label data written in the real on-disk formats (VOC XML trees, COCO json)."""
+"""Small learnable multi-label data (coloured squares) in the real on-disk formats, for tests and demos."""
 
 from __future__ import annotations
 
@@ -88,3 +88,18 @@ def write_coco(root: Path, n_train: int = 60, n_test: int = 40) -> Path:
         doc = {"images": images, "annotations": anns, "categories": categories}
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
     return root
+
+
+def write_csv_dataset(root: Path, n: int = 80, seed: int = 5) -> Path:
+    """Images plus labels.csv (`path,labels`, names separated by ';'): the format users fine-tune with."""
+    names = list(COLOURS)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(exist_ok=True)
+    lines = ["path,labels"]
+    for i, row in enumerate(scene_labels(n, seed)):
+        path = f"images/{i:04d}.jpg"
+        draw(row, seed * 10_000 + i).save(root / path, quality=95)
+        lines.append(f"{path},{';'.join(names[c] for c in np.flatnonzero(row))}")
+    csv = root / "labels.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return csv

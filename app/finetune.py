@@ -1,0 +1,215 @@
+"""The fine-tune tab: a small labelled set in, a tuned CapNet (and its checkpoint) out, within limits."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from capnet.backbone import Backbone, load_backbone
+from capnet.checkpoint import save_checkpoint
+from capnet.config import (
+    AdapterConfig,
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from capnet.data import DataError, Records, check_images, read_csv
+from capnet.engine.evaluate import score_records
+from capnet.engine.trainer import Trainer, split_validation
+from capnet.metrics import lt_map
+from capnet.model import CapNet
+from capnet.synthetic import write_csv_dataset
+
+MAX_IMAGES = 300
+MAX_EPOCHS = 20
+MAX_SECONDS = 300
+MAX_ZIP_BYTES = 200_000_000
+MAX_ZIP_FILES = 2_000
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class JobSlot:
+    """One fine-tune at a time on this server; a slot held past twice the time limit counts as free."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    def try_start(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if self._since is not None and now - self._since < 2 * MAX_SECONDS + 60:
+                return False
+            self._since = now
+            return True
+
+    def finish(self) -> None:
+        with self._lock:
+            self._since = None
+
+
+SLOT = JobSlot()
+
+
+@dataclass
+class Job:
+    records: Records
+    problems: list[str] = field(default_factory=list)
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    """Refuse archives that are not zips, too large, too many files, or escape the folder."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError):
+        raise DataError(f"{archive.name} is not a valid zip archive") from None
+    with zf:
+        members = zf.infolist()
+        if len(members) > MAX_ZIP_FILES:
+            raise DataError(f"the zip holds {len(members)} files; at most {MAX_ZIP_FILES}")
+        if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
+            raise DataError(f"the zip unpacks to more than {MAX_ZIP_BYTES // 1_000_000} MB")
+        for m in members:
+            name = PurePosixPath(m.filename)
+            if name.is_absolute() or ".." in name.parts:
+                raise DataError(f"the zip holds an unsafe path: {m.filename}")
+        try:
+            zf.extractall(dest)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise DataError(f"{archive.name} is corrupt ({exc.__class__.__name__})") from None
+
+
+def job_from_zip(archive: str | Path, workdir: Path) -> Job:
+    """A zip of images plus one CSV (`path,labels`, labels separated by ';')."""
+    _safe_extract(Path(archive), workdir)
+    csvs = [p for p in workdir.rglob("*.csv") if not p.name.startswith("._")]
+    if len(csvs) != 1:
+        raise DataError(f"the zip needs exactly one CSV file with columns path,labels (found {len(csvs)})")
+    return _checked(read_csv(csvs[0], csvs[0].parent))
+
+
+def job_from_images(paths: list[str], labels_text: str) -> Job:
+    """Uploaded images with typed labels: one line per image, in upload order, labels separated by ';'."""
+    lines = [line for line in (labels_text or "").splitlines() if line.strip()]
+    if not paths:
+        raise DataError("upload images or a zip, or use the bundled sample")
+    if len(lines) != len(paths):
+        raise DataError(f"{len(paths)} images but {len(lines)} label lines: give one line per image")
+    rows = [[n.strip() for n in line.split(";") if n.strip()] for line in lines]
+    names = sorted({n for row in rows for n in row})
+    if not names:
+        raise DataError("no labels given")
+    labels = np.array([[int(n in row) for n in names] for row in rows], dtype=np.uint8)
+    records = Records(names, [Path(p).stem for p in paths], [Path(p) for p in paths], labels)
+    return _checked(records)
+
+
+def bundled_sample(workdir: Path) -> Job:
+    csv = write_csv_dataset(workdir, n=80, seed=5)
+    return _checked(read_csv(csv, csv.parent))
+
+
+def _checked(records: Records) -> Job:
+    if len(records) > MAX_IMAGES:
+        raise DataError(f"{len(records)} images; the app fine-tunes on at most {MAX_IMAGES}")
+    records, problems = check_images(records, skip_bad=True, desc="checking images")
+    if len(records) < 10:
+        raise DataError(f"only {len(records)} usable images: at least 10 are needed")
+    if len(records.class_names) < 2:
+        raise DataError("at least two classes are needed")
+    return Job(records, problems)
+
+
+@dataclass
+class Update:
+    epoch: int
+    epochs: int
+    losses: list[float]
+    message: str
+    model: CapNet | None = None
+    checkpoint: Path | None = None
+    before: float | None = None
+    after: float | None = None
+
+
+def _held_out_map(model: CapNet, held: Records, train: Records) -> float:
+    return lt_map(score_records(model, held), held.labels, train.class_freq)["total"]
+
+
+def run_job(
+    job: Job, backbone_factory, *, parts: set[str], epochs: int, lr: float, loss: str, seed: int = 0
+) -> Iterator[Update]:
+    """Train with the capnet engine one epoch at a time, yielding progress; stops at the time limit."""
+    epochs = max(1, min(int(epochs), MAX_EPOCHS))
+    train, held = split_validation(job.records, 0.2, seed)
+    if held is None or held.labels.sum() == 0:
+        raise DataError("the held-out fifth of the images has no labels: upload more images")
+    backbone: Backbone = backbone_factory()
+    adapter = AdapterConfig(kind="auto" if "adapters" in parts else "none")
+    model_cfg = ModelConfig(backbone=backbone.config, adapter=adapter)
+    model = CapNet(backbone, train.class_names, model_cfg)
+    model.set_trainable(parts | {"bias", "temperature"})
+    before = _held_out_map(model, held, train)
+    workdir = Path(tempfile.mkdtemp(prefix="capnet-finetune-"))
+    cfg = RunConfig(
+        name="finetune",
+        model=model_cfg,
+        data=DataConfig(num_workers=0, val_fraction=0.0),
+        loss=LossConfig(name=loss),
+        eval=EvalConfig(tta=False),
+        train=TrainConfig(
+            epochs=epochs,
+            batch_size=16,
+            optimizer="adamw",
+            lr=lr,
+            warmup_epochs=0.0,
+            cache_dir=str(workdir / "cache"),
+            out_dir=str(workdir),
+            seed=seed,
+        ),
+    )
+    trainer = Trainer(cfg, model, train, None, workdir / "run")
+    began, losses = time.monotonic(), []
+    yield Update(0, epochs, losses, f"before: held-out mAP {100 * before:.1f}", before=before)
+    for epoch in range(epochs):
+        trainer.fit(resume=epoch > 0, stop_after=1)
+        losses.append(trainer.last_epoch["train_loss"])
+        if time.monotonic() - began > MAX_SECONDS and epoch + 1 < epochs:
+            yield Update(
+                epoch + 1, epochs, losses, f"time limit of {MAX_SECONDS} s reached after {epoch + 1} epochs"
+            )
+            break
+        yield Update(epoch + 1, epochs, losses, f"epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    model.eval()
+    after = _held_out_map(model, held, train)
+    checkpoint = save_checkpoint(
+        model,
+        workdir / "finetuned.safetensors",
+        {"class_freq": train.class_freq.tolist(), "num_train": len(train), "run": "app fine-tune"},
+    )
+    yield Update(
+        len(losses),
+        epochs,
+        losses,
+        f"done: held-out mAP {100 * before:.1f} before, {100 * after:.1f} after",
+        model=model,
+        checkpoint=checkpoint,
+        before=before,
+        after=after,
+    )
+
+
+def default_backbone_factory(served_backbone: Backbone):
+    """A fresh copy of the served backbone for each job (adapters attach in place)."""
+    cfg = served_backbone.config
+    return lambda: load_backbone(cfg)

@@ -1,0 +1,137 @@
+"""The label-graph tab: the CLIP text-embedding graph drawn live, against the co-occurrence graph."""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+import plotly.graph_objects as go
+import torch
+import torch.nn.functional as F
+
+from capnet.graph import LabelGraph, cooccurrence_graph, text_graph
+from capnet.metrics import class_groups
+from capnet.model import CapNet
+
+GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728", None: "#7f7f7f"}
+
+
+def build_graph(
+    text_features: torch.Tensor, names: list[str], mode: str, topk: int, threshold: float, p: float
+) -> LabelGraph:
+    return text_graph(text_features, names, mode=mode, topk=int(topk), threshold=float(threshold), p=float(p))
+
+
+def network_figure(graph: LabelGraph, counts: np.ndarray | None, title: str) -> go.Figure:
+    """Nodes sized by training count and coloured by group (when counts are known), edges by weight."""
+    nxg = graph.to_networkx()
+    pos = nx.spring_layout(nxg, seed=0, weight="weight") if len(nxg) > 1 else {0: np.zeros(2)}
+    groups = class_groups(counts) if counts is not None else [None] * len(graph.class_names)
+    fig = go.Figure()
+    edge_x, edge_y = [], []
+    for i, j in nxg.edges():
+        edge_x += [pos[i][0], pos[j][0], None]
+        edge_y += [pos[i][1], pos[j][1], None]
+    fig.add_trace(
+        go.Scatter(
+            x=edge_x,
+            y=edge_y,
+            mode="lines",
+            line=dict(width=1, color="#bbbbbb"),
+            hoverinfo="skip",
+            showlegend=False,
+        )
+    )
+    degree = graph.degree
+    for group in dict.fromkeys(groups):
+        idx = [i for i, g in enumerate(groups) if g == group]
+        sizes = [10 + (4 * math.log1p(counts[i]) if counts is not None else 6) for i in idx]
+        hover = [
+            f"{graph.class_names[i]}<br>degree {degree[i]}"
+            + (f"<br>{int(counts[i])} training images ({group})" if counts is not None else "")
+            for i in idx
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=[pos[i][0] for i in idx],
+                y=[pos[i][1] for i in idx],
+                mode="markers+text",
+                text=[graph.class_names[i] for i in idx],
+                textposition="top center",
+                hovertext=hover,
+                hoverinfo="text",
+                marker=dict(size=sizes, color=GROUP_COLOURS[group], line=dict(width=1, color="white")),
+                name=group or "classes",
+            )
+        )
+    fig.update_layout(
+        title=title,
+        height=520,
+        margin=dict(l=10, r=10, t=40, b=10),
+        showlegend=counts is not None,
+        xaxis=dict(visible=False),
+        yaxis=dict(visible=False),
+        plot_bgcolor="white",
+    )
+    return fig
+
+
+def stats_markdown(graph: LabelGraph, label: str) -> str:
+    s = graph.stats()
+    isolated = ", ".join(s["isolated"][:10]) or "none"
+    return (
+        f"**{label}**: {s['num_edges']} edges, density {s['density']:.2f}, "
+        f"mean degree {s['mean_degree']:.1f}, "
+        f"{s['num_components']} connected component(s), isolated classes: {isolated}"
+    )
+
+
+def cooccurrence_view(labels: np.ndarray, names: list[str], mode: str, topk: int, threshold: float, p: float):
+    """The co-occurrence graph of the long-tailed training labels, and why its tail rows are unreliable."""
+    graph = cooccurrence_graph(
+        labels, names, mode=mode, topk=int(topk), threshold=float(threshold), p=float(p)
+    )
+    counts = labels.sum(0)
+    groups = class_groups(counts)
+    cooc = (labels.T.astype(np.int64) @ labels.astype(np.int64)) > 0
+    partners = cooc.sum(1) - 1
+    tail = [i for i, g in enumerate(groups) if g == "tail"]
+    thin = [names[i] for i in tail if partners[i] < 3]
+    note = (
+        f"{len(thin)} of {len(tail)} tail classes co-occur with fewer than 3 other classes in the whole "
+        f"training set ({', '.join(thin[:8])}{'…' if len(thin) > 8 else ''}): their co-occurrence rows rest "
+        f"on a handful of images, while their text embeddings exist regardless."
+        if tail
+        else "No tail classes in this training set."
+    )
+    return graph, counts, note
+
+
+def similarity_heatmaps(model: CapNet) -> go.Figure:
+    """Class-class cosine similarity of the prompted features before and after the GCN residual."""
+    from plotly.subplots import make_subplots
+
+    with torch.no_grad():
+        before = F.normalize(model.prompts().float(), dim=-1)
+        after = model.class_features().float()
+    names = model.class_names
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("before the GCN", "after the GCN"))
+    for col, feats in ((1, before), (2, after)):
+        sim = (feats @ feats.T).cpu().numpy()
+        fig.add_trace(
+            go.Heatmap(
+                z=sim,
+                x=names,
+                y=names,
+                zmin=-1,
+                zmax=1,
+                colorscale="RdBu",
+                reversescale=True,
+                showscale=col == 2,
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_layout(height=480, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

@@ -1,0 +1,131 @@
+"""The app's graph, dashboard and fine-tune functions, below the browser."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score
+
+from app import dashboard as dash
+from app import finetune as ft
+from app.graph_view import cooccurrence_view, network_figure, similarity_heatmaps
+from capnet.backbone import load_backbone
+from capnet.data import DataError
+from capnet.graph import text_graph
+from capnet.model import CapNet
+
+
+def test_bundled_reports_are_real_and_consistent():
+    runs = dash.bundled_runs()
+    assert len(runs) >= 2 and all("produced_by" in r.report for r in runs)
+    for run in runs:
+        # Every bundled per-class AP is reproduced from the bundled per-image scores.
+        for row in run.report["per_class"]:
+            if row["test_positives"]:
+                y, p = run.scores[f"y:{row['class']}"], run.scores[f"p:{row['class']}"]
+                assert abs(average_precision_score(y, p) - row[f"ap_{run.setting}"]) < 1e-4
+    bars = dash.group_bars(runs)
+    assert len(bars.data) == len(runs) and list(bars.data[0].x) == list(dash.GROUP_ORDER)
+    table = dash.per_class_table(runs)
+    assert len(table) == sum(len(r.report["per_class"]) for r in runs)
+
+
+def test_gallery_lists_worst_misses_and_false_alarms():
+    run = dash.bundled_runs()[0]
+    name = next(r["class"] for r in run.report["per_class"] if r["test_positives"] > 1)
+    items, note = dash.failures(run, name, k=3)
+    scores = run.scores
+    worst_positive = scores[scores[f"y:{name}"] == 1].sort_values(f"p:{name}").iloc[0]
+    assert items and items[0][1].endswith(f"{worst_positive['image_id']} p={worst_positive[f'p:{name}']:.2f}")
+    assert "missed" in items[0][1] and any("false alarm" in caption for _, caption in items)
+    assert all(path.endswith(".jpg") for path, _ in items)
+
+
+def test_uploaded_reports_are_validated(tmp_path):
+    good = tmp_path / "report.json"
+    good.write_text((dash.BUNDLED / "synthetic-bce" / "report.json").read_text())
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    notjson = tmp_path / "x.json"
+    notjson.write_text("{{{")
+    runs, problems = dash.runs_from_uploads([str(good), str(bad), str(notjson)])
+    assert len(runs) == 1 and len(problems) == 2
+    assert "not a capnet eval report" in problems[0] and "not a JSON file" in problems[1]
+
+
+def test_graph_figures(tiny_backbone):
+    feats = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    names = [f"c{i}" for i in range(6)]
+    graph = text_graph(feats, names, topk=2)
+    fig = network_figure(graph, np.array([500, 120, 50, 30, 5, 1]), "t")
+    assert {t.name for t in fig.data[1:]} == {"head", "medium", "tail"}
+    labels = np.array([[1, 1, 0, 0, 0, 0]] * 120 + [[0, 0, 1, 0, 0, 0]] * 30 + [[0, 0, 0, 1, 1, 0]] * 5)
+    _, counts, note = cooccurrence_view(labels, names, "threshold", 2, 0.4, 0.2)
+    assert counts.tolist() == labels.sum(0).tolist()
+    assert note.startswith("3 of 3 tail classes")  # c3 and c4 co-occur only with each other; c5 never occurs
+    model = CapNet(tiny_backbone(), ["cat", "dog", "bird"])
+    heat = similarity_heatmaps(model)
+    assert np.allclose(np.asarray(heat.data[0].z), np.asarray(heat.data[1].z), atol=1e-5)  # GCN untrained
+
+
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_fine_tune_intake_limits(tmp_path):
+    with pytest.raises(DataError, match="not a valid zip"):
+        ft.job_from_zip(_write(tmp_path / "a.zip", b"garbage"), tmp_path / "x1")
+    with pytest.raises(DataError, match="unsafe path"):
+        ft.job_from_zip(_zip(tmp_path / "b.zip", {"../evil.csv": b"path,labels\n"}), tmp_path / "x2")
+    with pytest.raises(DataError, match="exactly one CSV"):
+        ft.job_from_zip(_zip(tmp_path / "c.zip", {"a.jpg": b"x"}), tmp_path / "x3")
+    with pytest.raises(DataError, match="2 images but 1 label lines"):
+        ft.job_from_images(["a.jpg", "b.jpg"], "cat")
+    images = []
+    for i in range(12):
+        path = tmp_path / f"img{i}.png"
+        Image.new("RGB", (20, 20), (20 * i, 0, 0)).save(path)
+        images.append(str(path))
+    (tmp_path / "img0.png").write_text("broken")
+    job = ft.job_from_images(images, "\n".join("cat;dog" if i % 2 else "dog" for i in range(12)))
+    assert job.records.class_names == ["cat", "dog"] and len(job.records) == 11 and len(job.problems) == 1
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def test_one_job_at_a_time():
+    slot = ft.JobSlot()
+    assert slot.try_start() and not slot.try_start()
+    slot.finish()
+    assert slot.try_start()
+
+
+def test_fine_tune_job_trains_and_saves(tmp_path):
+    job = ft.bundled_sample(tmp_path)
+    updates = list(
+        ft.run_job(
+            job,
+            lambda: load_backbone(name="capnet-tiny", pretrained=None, device="cpu"),
+            parts={"prompts", "gcn"},
+            epochs=2,
+            lr=0.003,
+            loss="bce",
+        )
+    )
+    assert [u.epoch for u in updates] == [0, 1, 2, 2]
+    final = updates[-1]
+    assert final.model is not None and final.checkpoint.is_file() and len(final.losses) == 2
+    assert 0 <= final.before <= 1 and 0 <= final.after <= 1
+    # what was frozen did not move: the adapters were never attached, the GCN and prompts trained
+    assert final.model.peft == "none"

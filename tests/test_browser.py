@@ -1,0 +1,241 @@
+"""End-to-end tests of the app in real headless Chromium (Debian's chromium driven by Playwright).
+
+They start `python app.py` on the tiny model, use every tab as a person would, send each bad input, and
+keep a screenshot of each tab in test-artifacts/. Under CI=true they never skip.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from capnet.checkpoint import read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - decided below
+    sync_playwright = None
+
+if sync_playwright is None or not Path(CHROMIUM).exists():
+    reason = "Playwright or Debian's chromium is not installed (make test installs both)"
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"browser tests must run in CI: {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    port = _free_port()
+    home = tmp_path_factory.mktemp("home")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(home),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "app.py",
+        "--model",
+        "capnet-tiny",
+        "--pretrained",
+        "",
+        "--port",
+        str(port),
+        "--checkpoint",
+        "",
+    ]
+    log = open(home / "app.log", "w")  # noqa: SIM115 (the server writes to it until teardown)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((home / "app.log").read_text()[-3000:]) from None
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("the app did not start within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        instance = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app_url)
+    expect(page.locator("#banner")).to_contain_text("Random weights")
+    yield page
+    context.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def _write_image(path: Path, colour: str = "orange", size=(64, 48)) -> Path:
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_predict_upload_and_read_predictions(page, tmp_path):
+    image = _write_image(tmp_path / "photo.jpg")
+    page.locator("#upload input[type=file]").set_input_files(str(image))
+    page.get_by_label("chelsea").check()
+    page.locator("#predict").click()
+    expect(page.locator("#message")).to_contain_text("2 image(s), 20 labels")
+    table = page.locator("#table")
+    expect(table).to_contain_text("zero-shot")
+    expect(table).to_contain_text("photo.jpg")
+    expect(table).to_contain_text("aeroplane")
+    expect(page.locator("#predict-plot .plot-container")).to_be_visible()
+    _shot(page, "predict")
+
+
+def test_graph_slider_recomputes(page):
+    _tab(page, "Label graph")
+    stats = page.locator("#graph-stats")
+    expect(stats).to_contain_text("text-embedding graph")
+    before = stats.inner_text()
+    number = page.locator("#topk input[type=number]")
+    number.fill("1")
+    number.press("Enter")
+    expect(stats).not_to_have_text(before)
+    assert "edges" in stats.inner_text()
+    _shot(page, "label-graph")
+
+
+def test_dashboard_shows_bundled_reports_and_gallery(page):
+    _tab(page, "Head vs tail")
+    page.locator("#show-reports").click()
+    expect(page.locator("#dash-message")).to_contain_text("tools/make_example_reports.py")
+    expect(page.locator("#dash-bars .plot-container")).to_be_visible()
+    expect(page.locator("#dash-table")).to_contain_text("synthetic-dbfocal")
+    expect(page.locator("#gallery img").first).to_be_visible()
+    _shot(page, "dashboard")
+
+
+def test_one_epoch_fine_tune_runs_to_completion(page, tmp_path):
+    _tab(page, "Fine-tune")
+    page.locator("#ft-sample input[type=checkbox]").check()
+    epochs = page.locator("#ft-epochs input[type=number]")
+    epochs.fill("1")
+    epochs.press("Enter")
+    page.locator("#ft-start").click()
+    expect(page.locator("#ft-status")).to_contain_text("done: held-out mAP", timeout=240_000)
+    link = page.locator("#ft-download a").first
+    expect(link).to_have_attribute("href", re.compile(r"finetuned\.safetensors$"))
+    downloaded = tmp_path / "tuned.safetensors"
+    downloaded.write_bytes(urllib.request.urlopen(link.get_attribute("href"), timeout=30).read())
+    meta = read_metadata(downloaded)
+    assert meta["class_names"] == ["aeroplane", "bicycle", "bird", "boat", "bottle"]
+    _shot(page, "fine-tune")
+
+
+def _bad_uploads(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image at all")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "green").save(buf, format="JPEG")
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    huge = tmp_path / "huge.png"
+    Image.new("1", (10_000, 10_000)).save(huge)
+    return {
+        "non-image": (text, "not an image"),
+        "corrupt": (corrupt, "corrupt or truncated"),
+        "huge": (huge, "megapixels"),
+    }
+
+
+def test_bad_inputs_show_a_message_and_the_app_stays_up(page, tmp_path):
+    for name, (path, expected) in _bad_uploads(tmp_path).items():
+        page.locator("#upload input[type=file]").set_input_files(str(path))
+        page.locator("#predict").click()
+        expect(page.locator("#message")).to_contain_text(expected)
+        if name == "corrupt":
+            _shot(page, "bad-input")
+    page.locator("#upload input[type=file]").set_input_files([])
+    page.get_by_label("Custom", exact=True).first.check()
+    for labels, expected in (("", "empty"), ("cat, Cat", "duplicated")):
+        page.locator("#custom textarea").fill(labels)
+        page.get_by_label("coffee").check()
+        page.locator("#predict").click()
+        expect(page.locator("#message")).to_contain_text(expected)
+
+    _tab(page, "Fine-tune")
+    not_zip = tmp_path / "data.zip"
+    not_zip.write_bytes(b"PK\x03\x04 this is not really a zip")
+    page.locator("#ft-zip input[type=file]").set_input_files(str(not_zip))
+    page.locator("#ft-start").click()
+    expect(page.locator("#ft-status")).to_contain_text("not a valid zip")
+
+    bad_csv = tmp_path / "badcsv.zip"
+    with zipfile.ZipFile(bad_csv, "w") as zf:
+        zf.writestr("labels.csv", "filename;tags\nx.jpg;cat\n")
+        zf.writestr("x.jpg", b"nope")
+    page.reload()  # a File component holding a file shows no upload input until cleared
+    _tab(page, "Fine-tune")
+    page.locator("#ft-zip input[type=file]").set_input_files(str(bad_csv))
+    page.locator("#ft-start").click()
+    expect(page.locator("#ft-status")).to_contain_text("⚠")
+
+    # Still serving: a normal prediction works afterwards.
+    _tab(page, "Predict")
+    page.get_by_label("VOC", exact=True).first.check()
+    page.get_by_label("coffee").check()
+    page.locator("#predict").click()
+    expect(page.locator("#message")).to_contain_text("1 image(s), 20 labels")
