@@ -14,8 +14,11 @@ MAX_UPLOAD = "20mb"
 def parse_args() -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=env("CAPNET_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(env("CAPNET_PORT", "7860")))
+    # Hugging Face Spaces set GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; locally the app stays on localhost.
+    parser.add_argument("--host", default=env("CAPNET_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1")
+    parser.add_argument(
+        "--port", type=int, default=int(env("CAPNET_PORT") or env("GRADIO_SERVER_PORT") or 7860)
+    )
     parser.add_argument("--model", default=env("CAPNET_MODEL", "ViT-B-16"), help="open_clip model name")
     parser.add_argument("--pretrained", default=env("CAPNET_PRETRAINED", "openai"), help="open_clip tag")
     parser.add_argument("--weights", default=env("CAPNET_CLIP_WEIGHTS"), help="local CLIP weights file")
