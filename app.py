@@ -7,6 +7,7 @@ import os
 
 from app.models import ModelChoice, load_served_models
 from app.ui import build_demo
+from capnet.config import BackboneConfig
 
 MAX_UPLOAD = "20mb"
 
@@ -31,7 +32,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    choice = ModelChoice(args.model, args.pretrained or None, args.weights, args.checkpoint, args.device)
+    backbone = BackboneConfig(
+        name=args.model, pretrained=args.pretrained or None, weights=args.weights, device=args.device
+    )
+    choice = ModelChoice(backbone, args.checkpoint)
     demo = build_demo(load_served_models(choice))
     demo.queue(default_concurrency_limit=2).launch(
         server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD

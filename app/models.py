@@ -9,6 +9,7 @@ import numpy as np
 
 from capnet.backbone import WEIGHTS_ENV, Backbone, WeightsUnavailableError, load_backbone
 from capnet.checkpoint import model_from_checkpoint, read_metadata
+from capnet.config import BackboneConfig
 from capnet.model import CapNet
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -16,11 +17,8 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 
 @dataclass
 class ModelChoice:
-    backbone_name: str = "ViT-B-16"
-    pretrained: str | None = "openai"
-    weights: str | None = None
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     checkpoint: str | None = None
-    device: str = "auto"
 
 
 @dataclass
@@ -49,7 +47,7 @@ def _newest_checkpoint(folder: Path) -> Path | None:
 def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_DIR) -> ServedModels:
     """Never raises for missing weights: the fallback is a random tiny model and a banner that says so."""
     checkpoint = Path(choice.checkpoint) if choice.checkpoint else _newest_checkpoint(checkpoints_dir)
-    overrides = {"weights": choice.weights, "device": choice.device}
+    overrides = {"weights": choice.backbone.weights, "device": choice.backbone.device}
     if checkpoint is not None:
         try:
             trained = model_from_checkpoint(checkpoint, **overrides).eval()
@@ -65,12 +63,12 @@ def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_
     else:
         note = ""
     try:
-        backbone = load_backbone(name=choice.backbone_name, pretrained=choice.pretrained, **overrides)
+        backbone = load_backbone(choice.backbone)
         banner = f"{note}Serving zero-shot {backbone.config.name} ({backbone.source})."
         if backbone.source == "random initialisation":
             banner += " **Random weights: its predictions mean nothing.** Serve real ones: `--weights PATH`."
     except WeightsUnavailableError as exc:
-        backbone = load_backbone(name="capnet-tiny", pretrained=None, device=choice.device)
+        backbone = load_backbone(name="capnet-tiny", pretrained=None, device=choice.backbone.device)
         banner = (
             f"{note}**Offline fallback: a tiny CLIP with random weights; its predictions mean nothing.** "
             f"{exc}. To serve real weights: `python app.py --weights /path/to/ViT-B-16.safetensors` "
