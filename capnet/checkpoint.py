@@ -135,6 +135,11 @@ def model_from_checkpoint(path: str | Path, **backbone_overrides: Any) -> CapNet
     """
     meta = read_metadata(path)
     config = from_dict(ModelConfig, meta["config"])
+    if config.graph.source != "text":
+        raise CheckpointError(
+            f"{Path(path).name} uses a co-occurrence graph, which is rebuilt from the training labels: "
+            "build CapNet(..., train_labels=...) and call load_checkpoint"
+        )
     # Paths and devices of the machine that trained it mean nothing here.
     local = {"weights": None, "device": "auto", "cache_dir": None, **backbone_overrides}
     backbone = load_backbone(config.backbone, **local)

@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.train.seed)
     if torch.distributed.is_initialized() and torch.cuda.is_available():
         cfg.model.backbone.device = f"cuda:{torch.cuda.current_device()}"
-    model = CapNet(load_backbone(cfg.model.backbone), pool.class_names, cfg.model)
+    model = CapNet(load_backbone(cfg.model.backbone), pool.class_names, cfg.model, train_labels=train.labels)
     checkpoint = Trainer(cfg, model, train, val, out_dir).fit(resume=args.resume)
     has_test = bool(cfg.data.test) or cfg.data.format in ("voc", "coco", "nus_wide")
     if Distributed.from_env().main and not args.no_eval and has_test:

@@ -51,6 +51,9 @@ class PromptConfig:
 class GraphConfig:
     """Label-correlation graph over the classes' CLIP text embeddings."""
 
+    # "text": the CAPNET graph from CLIP text embeddings; "cooccurrence": ML-GCN's graph from the training
+    # labels (for the ablation: it needs the training labels when the model is built).
+    source: Literal["text", "cooccurrence"] = "text"
     sparsify: Literal["topk", "threshold"] = "topk"
     topk: int = 4
     threshold: float = 0.8
@@ -217,6 +220,10 @@ class TrainConfig:
     calibrate_init: bool = True
     # Reuse image features across epochs when the image tower is frozen (no adapters).
     feature_cache: bool = True
+    # Large label sets: per step, send only this many classes' prompts through the text tower (the batch's
+    # positive classes first, then random others); the rest reuse features refreshed once per epoch.
+    # None: every class every step (exact).
+    classes_per_step: int | None = None
     cache_dir: str = ".cache/capnet-features"
     seed: int = 0
     out_dir: str = "runs"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +25,7 @@ from capnet.adapters import apply_peft
 from capnet.backbone import Backbone, autocast, image_size
 from capnet.config import ModelConfig
 from capnet.gcn import ResidualGCN
-from capnet.graph import LabelGraph, text_graph
+from capnet.graph import LabelGraph, cooccurrence_graph, text_graph
 from capnet.prompts import ClassPrompts
 from capnet.text import resolve_templates, template_features
 from capnet.tta import FiveCropViews, SingleView, view_transform
@@ -70,6 +71,7 @@ class CapNet(nn.Module):
         config: ModelConfig | None = None,
         *,
         zero_shot: bool = False,
+        train_labels: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         # The backbone actually used is the one recorded, whatever the config said.
@@ -92,14 +94,26 @@ class CapNet(nn.Module):
                 self.clip, backbone.tokenizer, self.class_names, pc.n_ctx, pc.init, pc.init_std
             )
             gc = self.config.graph
-            self.graph = text_graph(
-                self.text_features,
-                self.class_names,
-                mode=gc.sparsify,
-                topk=gc.topk,
-                threshold=gc.threshold,
-                p=gc.p,
-            )
+            if gc.source == "cooccurrence":
+                if train_labels is None:
+                    raise ValueError("a co-occurrence graph needs the training labels (train_labels=...)")
+                self.graph = cooccurrence_graph(
+                    train_labels,
+                    self.class_names,
+                    mode=gc.sparsify,
+                    topk=gc.topk,
+                    threshold=gc.threshold,
+                    p=gc.p,
+                )
+            else:
+                self.graph = text_graph(
+                    self.text_features,
+                    self.class_names,
+                    mode=gc.sparsify,
+                    topk=gc.topk,
+                    threshold=gc.threshold,
+                    p=gc.p,
+                )
             if self.config.gcn.enabled:
                 cfg = self.config.gcn
                 self.gcn = ResidualGCN(backbone.embed_dim, cfg.hidden, cfg.layers, cfg.negative_slope)
@@ -117,6 +131,8 @@ class CapNet(nn.Module):
         self.trainable_names = [n for n, p in self.named_parameters() if p.requires_grad]
         self._cache_key: tuple | None = None
         self._cache: torch.Tensor | None = None
+        # Training with a subset of classes per step: the last features computed for every class.
+        self._feature_bank: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -141,14 +157,37 @@ class CapNet(nn.Module):
         visual = self.clip.visual
         return view_transform(image_size(visual), visual.image_mean, visual.image_std, tta=tta, flips=flips)
 
-    def class_features(self) -> torch.Tensor:
-        """Normalised class features (C, embed): prompts through the text tower, plus the GCN residual."""
+    def class_features(self, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised class features (C, embed): prompts through the text tower, plus the GCN residual.
+
+        With ``classes`` (a training option for large label sets, ``TrainConfig.classes_per_step``) only
+        those prompts go through the text tower, and only their contexts get gradients; every other class
+        uses the features last computed for it (the feature bank, see ``refresh_feature_bank``). The GCN
+        and the scores still cover all C classes.
+        """
         if self.prompts is None:
             return self.text_features
-        feats = self.prompts().float()
+        feats = self.prompts().float() if classes is None else self._banked_features(classes)
         if self.gcn is not None:
             feats = self.gcn(feats, self.adjacency)
         return F.normalize(feats, dim=-1)
+
+    def refresh_feature_bank(self) -> None:
+        """Recompute every class's prompt features (no gradients) for steps that encode only some classes."""
+        if self.prompts is None:
+            return
+        with torch.no_grad(), autocast(self.device):
+            self._feature_bank = self.prompts().float()
+
+    def _banked_features(self, classes: torch.Tensor) -> torch.Tensor:
+        bank = self._feature_bank
+        if bank is None or bank.device != self.device or bank.shape[0] != self.num_classes:
+            self.refresh_feature_bank()
+            bank = self._feature_bank
+        classes = torch.as_tensor(classes, dtype=torch.long, device=self.device)
+        feats = bank.index_copy(0, classes, self.prompts(classes).float().to(bank.dtype))
+        self._feature_bank = feats.detach()
+        return feats
 
     def _text_param_key(self) -> tuple:
         params = [p for m in (self.prompts, self.gcn) if m is not None for p in m.parameters()]
@@ -172,10 +211,15 @@ class CapNet(nn.Module):
         """Logits from normalised features: s * cosine + b, in float32 (bf16 scores create AP ties)."""
         return self.scale * image_features.float() @ class_features.float().T + self.class_bias
 
-    def forward(self, inputs: torch.Tensor, *, features: bool = False) -> torch.Tensor:
-        """Training path: logits (B, C) of images, or of cached image features when ``features``."""
+    def forward(
+        self, inputs: torch.Tensor, *, features: bool = False, classes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Training path: logits (B, C) of images, or of cached image features when ``features``.
+
+        ``classes``: encode only these classes' prompts this step (see ``class_features``).
+        """
         with autocast(self.device):
-            class_features = self.class_features()
+            class_features = self.class_features(classes)
         image_features = F.normalize(inputs.float(), dim=-1) if features else self.encode_image(inputs)
         return self.score(image_features, class_features)
 

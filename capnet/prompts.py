@@ -72,11 +72,17 @@ class ClassPrompts(nn.Module):
     def num_classes(self) -> int:
         return self.ctx.shape[0]
 
-    def embeddings(self) -> torch.Tensor:
-        """The full prompt embeddings (C, L, width), L = longest prompt."""
-        ctx = self.ctx.to(self.prefix.dtype)
-        return torch.cat([self.prefix, ctx, self.suffix], dim=1)
+    def embeddings(self, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompt embeddings (C, L, width), L = longest prompt; only the rows of ``classes`` if given."""
+        ctx, prefix, suffix = self.ctx, self.prefix, self.suffix
+        if classes is not None:
+            ctx, prefix, suffix = ctx[classes], prefix[classes], suffix[classes]
+        return torch.cat([prefix, ctx.to(prefix.dtype), suffix], dim=1)
 
-    def forward(self) -> torch.Tensor:
-        """Unnormalised class text features (C, embed)."""
-        return encode_embedded(self.clip[0], self.embeddings(), self.eot)
+    def forward(self, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised class text features (C, embed), or (K, embed) for the K indices in ``classes``.
+
+        A subset costs K / C of the full pass (less when its names are short: the pass is cut to them).
+        """
+        eot = self.eot if classes is None else self.eot[classes]
+        return encode_embedded(self.clip[0], self.embeddings(classes), eot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,3 +121,17 @@ def test_set_trainable_freezes_parts_but_checkpoints_keep_them(tiny_backbone):
     assert set(model.trainable_state_dict()) == everything
     with pytest.raises(ValueError, match="unknown part"):
         model.set_trainable({"text tower"})
+
+
+def test_cooccurrence_graph_source_needs_and_uses_training_labels(tiny_backbone):
+    from capnet.config import GraphConfig
+    from capnet.graph import cooccurrence_graph
+
+    labels = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]])
+    cfg = ModelConfig(graph=GraphConfig(source="cooccurrence", sparsify="threshold", threshold=0.5))
+    with pytest.raises(ValueError, match="needs the training labels"):
+        CapNet(tiny_backbone(), ["a", "b", "c"], cfg)
+    model = CapNet(tiny_backbone(), ["a", "b", "c"], cfg, train_labels=labels)
+    expected = cooccurrence_graph(labels, ["a", "b", "c"], mode="threshold", threshold=0.5)
+    assert torch.equal(model.adjacency, expected.adjacency)
+    assert model.graph.degree == [1, 1, 0]

@@ -58,6 +58,16 @@ class ClassAwareSampler(Sampler[int]):
             yield int(members[min(int(u * len(members)), len(members) - 1)])
 
 
+def sample_classes(targets: torch.Tensor, k: int) -> torch.Tensor:
+    """k distinct classes for one step, in increasing order.
+
+    The batch's positive classes come first (a random k of them when there are more), then random others.
+    Draws from torch's global generator, which ``fit`` seeds per epoch (so resuming stays exact).
+    """
+    priority = torch.rand(targets.shape[1]) + (targets.detach() > 0).any(dim=0).cpu().float()
+    return priority.topk(min(k, targets.shape[1])).indices.sort().values
+
+
 def train_transform(model: CapNet) -> T.Compose:
     """Random crops and flips for a tower that trains (adapters); a frozen tower uses cached fixed views."""
     visual = model.clip.visual
@@ -123,6 +133,12 @@ class Trainer:
         tc = cfg.train
         self.criterion = loss_from_config(cfg.loss, self.class_freq, len(train)).to(model.device)
         self.use_cache = tc.feature_cache and model.peft == "none"
+        sampled = tc.classes_per_step is not None and model.prompts is not None
+        if sampled and tc.classes_per_step < 1:
+            raise ValueError(f"train.classes_per_step must be at least 1, not {tc.classes_per_step}")
+        self.classes_per_step = (
+            tc.classes_per_step if sampled and tc.classes_per_step < model.num_classes else None
+        )
         self.cached: torch.Tensor | None = None
         if self.use_cache:
             self.cached = self._features(train, FlipViews(model.image_transform()), "train features")
@@ -223,6 +239,8 @@ class Trainer:
         for epoch in range(start, end):
             torch.manual_seed(tc.seed * 1_000 + epoch)
             self.model.train()
+            if self.classes_per_step:
+                self.model.refresh_feature_bank()
             loader = self._loader(epoch)
             seen, total_loss, began = 0, 0.0, time.perf_counter()
             bar = tqdm(
@@ -234,8 +252,11 @@ class Trainer:
             )
             for batch in bar:
                 inputs, targets = batch[0].to(self.model.device), batch[1].to(self.model.device)
+                step_kwargs = {}
+                if self.classes_per_step:
+                    step_kwargs["classes"] = sample_classes(targets, self.classes_per_step)
                 with autocast(self.model.device):
-                    logits = network(inputs, features=self.use_cache)
+                    logits = network(inputs, features=self.use_cache, **step_kwargs)
                 loss = self.criterion(logits.float(), targets)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
