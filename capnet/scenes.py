@@ -1,0 +1,504 @@
+"""A small captioned world: multi-label scenes of coloured, textured shapes with structured co-occurrence.
+
+No real CLIP weights or VOC/COCO images reach the machines this project is built on, so the synthetic
+world stands in for both: ``capnet.pretrain`` trains a tiny open_clip model contrastively on its captions,
+and long-tailed multi-label experiments sample its scenes with skewed class frequencies.
+
+Each of the 20 classes (``SCENE_CLASSES``) is a fixed signature of shape, colour, texture and size, and
+its name is the phrase that captions use for it ("red star", "small yellow circle", "striped square"), so
+zero-shot prompts built from ``SCENE_TEMPLATES`` ask the text tower about words it was trained on. Every
+class name starts with a consonant, so "a {}" is always grammatical. Textured classes (striped, checkered,
+dotted) take a random colour per instance that captions never name: texture and shape decide the class.
+
+A scene holds one to four objects of distinct classes on a solid, gradient or noise-texture background,
+with partial occlusion (objects overlap, thin clutter bars cross them, some are cut by the border) and
+pixel noise. Co-occurrence is structured: the classes form ten fixed pairs (``COOCCURRING_PAIRS``) and
+each further object is, with probability ``SceneSpec.cooccurrence``, the partner of an object already in
+the scene. The pairing is a perfect matching, so with uniform class probabilities every class is equally
+frequent (the class-balanced corpus the tiny CLIP is trained on); with skewed ``class_probs`` a tail
+class whose partner is a head class appears more often than its own probability says, as in COCO.
+
+Scene ``i`` of seed ``s`` is drawn from ``numpy.random.default_rng([s, i])``: it never depends on how many
+scenes are drawn with it, so the first 200 scenes of a test set are the same whether 200 or 1,000 are made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "CLASS_SIGNATURES",
+    "COOCCURRING_PAIRS",
+    "SCENE_CLASSES",
+    "SCENE_TEMPLATES",
+    "ClassSignature",
+    "SceneObject",
+    "SceneSpec",
+    "balanced_probs",
+    "cooccurrence_matrix",
+    "generate_scene",
+    "partner_of",
+    "scene_at",
+    "scene_batch",
+]
+
+
+@dataclass(frozen=True)
+class ClassSignature:
+    """What makes a class: its shape, colour (None: random, never named), texture and size."""
+
+    name: str
+    shape: str
+    colour: str | None
+    texture: str = "solid"
+    size: str = "medium"
+
+
+CLASS_SIGNATURES: tuple[ClassSignature, ...] = (
+    ClassSignature("red circle", "circle", "red"),
+    ClassSignature("small yellow circle", "circle", "yellow", size="small"),
+    ClassSignature("large green circle", "circle", "green", size="large"),
+    ClassSignature("blue ring", "ring", "blue"),
+    ClassSignature("purple ring", "ring", "purple"),
+    ClassSignature("red star", "star", "red"),
+    ClassSignature("yellow star", "star", "yellow"),
+    ClassSignature("green triangle", "triangle", "green"),
+    ClassSignature("purple triangle", "triangle", "purple"),
+    ClassSignature("blue square", "square", "blue"),
+    ClassSignature("striped square", "square", None, texture="striped"),
+    ClassSignature("checkered square", "square", None, texture="checkered"),
+    ClassSignature("white diamond", "diamond", "white"),
+    ClassSignature("pink diamond", "diamond", "pink"),
+    ClassSignature("cyan hexagon", "hexagon", "cyan"),
+    ClassSignature("dotted hexagon", "hexagon", None, texture="dotted"),
+    ClassSignature("black cross", "cross", "black"),
+    ClassSignature("brown cross", "cross", "brown"),
+    ClassSignature("white crescent", "crescent", "white"),
+    ClassSignature("pink heart", "heart", "pink"),
+)
+SCENE_CLASSES: tuple[str, ...] = tuple(s.name for s in CLASS_SIGNATURES)
+_INDEX = {name: i for i, name in enumerate(SCENE_CLASSES)}
+
+# Zero-shot prompts: phrasings that one-object captions use, so the text tower knows every word.
+SCENE_TEMPLATES: tuple[str, ...] = (
+    "a {}.",
+    "a picture of a {}.",
+    "a scene with a {}.",
+    "a {} on a plain background.",
+    "a single {}.",
+)
+
+# A perfect matching of the 20 classes: each class has exactly one partner it tends to appear with.
+COOCCURRING_PAIRS: tuple[tuple[str, str], ...] = (
+    ("red star", "white crescent"),
+    ("yellow star", "blue ring"),
+    ("red circle", "green triangle"),
+    ("small yellow circle", "large green circle"),
+    ("purple ring", "pink heart"),
+    ("purple triangle", "cyan hexagon"),
+    ("blue square", "striped square"),
+    ("checkered square", "black cross"),
+    ("white diamond", "dotted hexagon"),
+    ("pink diamond", "brown cross"),
+)
+_PARTNER = np.empty(len(SCENE_CLASSES), dtype=np.int64)
+for _a, _b in COOCCURRING_PAIRS:
+    _PARTNER[_INDEX[_a]], _PARTNER[_INDEX[_b]] = _INDEX[_b], _INDEX[_a]
+
+# Object colours (RGB) and how far each channel may wander per instance.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (214, 32, 32),
+    "yellow": (242, 214, 30),
+    "green": (36, 168, 56),
+    "blue": (36, 72, 222),
+    "purple": (132, 52, 196),
+    "pink": (246, 128, 196),
+    "cyan": (36, 206, 214),
+    "white": (246, 246, 246),
+    "black": (18, 18, 18),
+    "brown": (128, 76, 34),
+}
+COLOUR_JITTER = 18
+# Random colours of textured classes, from the palette (never named in captions).
+_TEXTURE_COLOURS = ("red", "yellow", "green", "blue", "purple", "pink", "cyan", "brown")
+# Object radius ranges in pixels at 64 x 64 (scaled with the image size).
+RADII = {"small": (4.5, 6.0), "medium": (8.0, 10.5), "large": (13.0, 16.0)}
+_BACKGROUND_WORDS = {"solid": ("plain",), "gradient": ("gradient", "shaded"), "noise": ("noisy", "textured")}
+_NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """How scenes are drawn; the defaults are the world the tiny CLIP was trained on."""
+
+    size: int = 64
+    # Probabilities of 1, 2, 3, 4 objects.
+    count_probs: tuple[float, ...] = (0.3, 0.3, 0.25, 0.15)
+    # Chance that each further object is the co-occurrence partner of an object already present.
+    cooccurrence: float = 0.5
+    # Two objects' centres stay at least this fraction of their radii sum apart (1: no overlap).
+    min_separation: float = 0.65
+    # Chance of one or two thin clutter bars drawn over the objects.
+    clutter: float = 0.35
+    # Pixel noise: Gaussian with a standard deviation uniform in [0, noise_max] (0-255 scale).
+    noise_max: float = 10.0
+    background_probs: tuple[float, float, float] = (0.35, 0.35, 0.3)  # solid, gradient, noise
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.size <= 256:
+            raise ValueError(f"scene size must lie in [32, 256], got {self.size}")
+        if not 1 <= len(self.count_probs) <= 4:
+            raise ValueError("count_probs gives the chances of 1 .. 4 objects (at most four entries)")
+        if min(self.count_probs) < 0 or sum(self.count_probs) <= 0:
+            raise ValueError("count_probs must be non-negative with a positive sum")
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One drawn object: its class, centre, radius (pixels) and rotation (degrees)."""
+
+    cls: int
+    x: float
+    y: float
+    radius: float
+    angle: float
+
+
+def partner_of(class_name: str) -> str:
+    """The class that ``class_name`` tends to appear with."""
+    return SCENE_CLASSES[int(_PARTNER[_INDEX[class_name]])]
+
+
+def balanced_probs() -> np.ndarray:
+    return np.full(len(SCENE_CLASSES), 1.0 / len(SCENE_CLASSES))
+
+
+def _check_probs(class_probs: Sequence[float] | np.ndarray | None) -> np.ndarray:
+    if class_probs is None:
+        return balanced_probs()
+    p = np.asarray(class_probs, dtype=np.float64)
+    if p.shape != (len(SCENE_CLASSES),) or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"class_probs must be {len(SCENE_CLASSES)} non-negative numbers with a positive sum")
+    return p / p.sum()
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def _pick_classes(rng: np.random.Generator, spec: SceneSpec, probs: np.ndarray) -> list[int]:
+    counts = np.asarray(spec.count_probs, dtype=np.float64)
+    k = int(rng.choice(len(counts), p=counts / counts.sum())) + 1
+    chosen: list[int] = []
+    while len(chosen) < k:
+        if chosen and rng.random() < spec.cooccurrence:
+            partners = [int(_PARTNER[c]) for c in chosen if int(_PARTNER[c]) not in chosen]
+            if partners:
+                chosen.append(partners[int(rng.integers(len(partners)))])
+                continue
+        p = probs.copy()
+        p[chosen] = 0.0
+        if p.sum() <= 0:
+            break
+        chosen.append(int(rng.choice(len(p), p=p / p.sum())))
+    return chosen
+
+
+def _place(rng: np.random.Generator, spec: SceneSpec, classes: list[int]) -> list[SceneObject]:
+    """Positions with bounded overlap: later objects may hide part, never most, of earlier ones."""
+    scale = spec.size / 64.0
+    objects: list[SceneObject] = []
+    for c in classes:
+        lo, hi = RADII[CLASS_SIGNATURES[c].size]
+        r = float(rng.uniform(lo, hi)) * scale
+        margin = 0.6 * r
+        best, best_gap = None, -math.inf
+        for _ in range(24):
+            x, y = rng.uniform(margin, spec.size - margin, 2)
+            gap = min(
+                (math.hypot(x - o.x, y - o.y) / (r + o.radius) for o in objects),
+                default=math.inf,
+            )
+            if gap > best_gap:
+                best, best_gap = (float(x), float(y)), gap
+            if gap >= spec.min_separation:
+                break
+        angle = float(rng.uniform(0, 360))
+        objects.append(SceneObject(c, best[0], best[1], r, angle))
+    return objects
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+def _regular(n: int, r: float, angle: float, inner: float | None = None) -> np.ndarray:
+    """Vertices of a regular n-gon (or an n-pointed star when ``inner`` is given), first vertex up."""
+    if inner is None:
+        t = np.deg2rad(angle) - np.pi / 2 + 2 * np.pi * np.arange(n) / n
+        radii = np.full(n, r)
+    else:
+        t = np.deg2rad(angle) - np.pi / 2 + np.pi * np.arange(2 * n) / n
+        radii = np.where(np.arange(2 * n) % 2 == 0, r, r * inner)
+    return np.stack([radii * np.cos(t), radii * np.sin(t)], axis=1)
+
+
+def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    a = np.deg2rad(angle)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return points @ rot.T
+
+
+_T = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+# The classic parametric heart, scaled to unit radius and pointing down.
+_HEART = np.stack([16 * np.sin(_T) ** 3, -(13 * np.cos(_T) - 5 * np.cos(2 * _T) - 2 * np.cos(3 * _T))], 1)
+_HEART = (_HEART - _HEART.mean(0)) / 16.5
+_CROSS = np.array(
+    [(-1, -0.36), (-0.36, -0.36), (-0.36, -1), (0.36, -1), (0.36, -0.36), (1, -0.36)]
+    + [(1, 0.36), (0.36, 0.36), (0.36, 1), (-0.36, 1), (-0.36, 0.36), (-1, 0.36)],
+    dtype=np.float64,
+)
+
+
+def _draw_mask(shape: str, r: float, angle: float, box: int, ss: int = 2) -> Image.Image:
+    """The object's mask on a box x box canvas centred on it, supersampled ``ss`` times for smooth edges."""
+    big = box * ss
+    mask = Image.new("L", (big, big), 0)
+    pen = ImageDraw.Draw(mask)
+    c = big / 2
+    R = r * ss
+
+    def poly(points: np.ndarray) -> None:
+        pen.polygon([(float(px + c), float(py + c)) for px, py in points], fill=255)
+
+    if shape == "circle":
+        pen.ellipse([c - R, c - R, c + R, c + R], fill=255)
+    elif shape == "ring":
+        pen.ellipse([c - R, c - R, c + R, c + R], fill=255)
+        q = R * 0.58
+        pen.ellipse([c - q, c - q, c + q, c + q], fill=0)
+    elif shape == "crescent":
+        pen.ellipse([c - R, c - R, c + R, c + R], fill=255)
+        dx, dy = _rotate(np.array([[0.55 * R, -0.2 * R]]), angle)[0]
+        q = R * 0.9
+        pen.ellipse([c + dx - q, c + dy - q, c + dx + q, c + dy + q], fill=0)
+    elif shape == "star":
+        poly(_regular(5, R * 1.15, angle, inner=0.45))
+    elif shape == "triangle":
+        poly(_regular(3, R * 1.15, angle))
+    elif shape == "hexagon":
+        poly(_regular(6, R, angle))
+    elif shape == "square":  # nearly axis-aligned, so a square never turns into a diamond
+        poly(_regular(4, R * 1.15, 45 + (angle % 30) - 15))
+    elif shape == "diamond":  # a tall rhombus, nearly upright
+        poly(_rotate(np.array([(0, -1.2), (0.68, 0), (0, 1.2), (-0.68, 0)]) * R, (angle % 40) - 20))
+    elif shape == "cross":
+        poly(_rotate(_CROSS * R, angle % 90))
+    elif shape == "heart":
+        poly(_rotate(_HEART * R * 1.1, (angle % 50) - 25))
+    else:  # pragma: no cover - the class table only holds the shapes above
+        raise ValueError(f"unknown shape {shape}")
+    return mask.reduce(ss) if ss > 1 else mask
+
+
+def _jitter(rng: np.random.Generator, colour: str) -> np.ndarray:
+    base = np.asarray(COLOURS[colour], dtype=np.int64)
+    return np.clip(base + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255)
+
+
+def _fill(rng: np.random.Generator, sig: ClassSignature, box: int) -> tuple[int, ...] | Image.Image:
+    """A solid colour, or a textured patch (box x box) in a random palette colour."""
+    if sig.texture == "solid":
+        return tuple(int(v) for v in _jitter(rng, sig.colour))
+    colour = _jitter(rng, sig.colour or _TEXTURE_COLOURS[int(rng.integers(len(_TEXTURE_COLOURS)))])
+    other = np.array([240, 240, 240]) if rng.random() < 0.5 else np.array([30, 30, 30])
+    yy, xx = np.mgrid[0:box, 0:box].astype(np.float64)
+    period = float(rng.uniform(3.5, 5.0)) * max(box / 22.0, 1.0) ** 0.5
+    if sig.texture == "striped":
+        a = np.deg2rad(rng.uniform(0, 180))
+        on = ((xx * math.cos(a) + yy * math.sin(a)) / period) % 1.0 < 0.5
+    elif sig.texture == "checkered":
+        on = ((xx // (period * 0.8)) + (yy // (period * 0.8))) % 2 == 0
+    else:  # dotted: round dots on the colour
+        u = (xx % period) - period / 2
+        v = (yy % period) - period / 2
+        on = u * u + v * v > (period * 0.3) ** 2
+    patch = np.where(on[..., None], colour, other).astype(np.uint8)
+    return Image.fromarray(patch, "RGB")
+
+
+# ------------------------------------------------------------------------------------------ background
+
+
+def _muted(rng: np.random.Generator, lo: int = 75, hi: int = 185, tint: int = 32) -> np.ndarray:
+    """A low-saturation colour, so that backgrounds never pass for an object's colour."""
+    return np.clip(rng.uniform(lo, hi) + rng.uniform(-tint, tint, 3), 0, 255)
+
+
+def _background(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image, str]:
+    size = spec.size
+    kind = ("solid", "gradient", "noise")[int(rng.choice(3, p=np.asarray(spec.background_probs)))]
+    if kind == "solid":
+        colour = tuple(int(v) for v in _muted(rng))
+        return Image.new("RGB", (size, size), colour), kind
+    if kind == "gradient":
+        c1, c2 = _muted(rng), _muted(rng)
+        a = rng.uniform(0, 2 * np.pi)
+        ramp = np.arange(size, dtype=np.float64) / (size - 1) - 0.5
+        t = ramp[None, :] * math.cos(a) + ramp[:, None] * math.sin(a)
+        t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+        arr = c1 * (1 - t[..., None]) + c2 * t[..., None]
+        return Image.fromarray(arr.astype(np.uint8), "RGB"), kind
+    cells = int(rng.integers(3, 9))
+    base = _muted(rng)
+    grid = np.clip(base + rng.uniform(-40, 40, (cells, cells, 3)), 0, 255).astype(np.uint8)
+    small = Image.fromarray(grid, "RGB")
+    return small.resize((size, size), Image.Resampling.BILINEAR), kind
+
+
+# ---------------------------------------------------------------------------------------------- captions
+
+
+def _relation(a: SceneObject, b: SceneObject) -> str:
+    """Where a is relative to b, in words."""
+    dx, dy = a.x - b.x, a.y - b.y
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx < 0 else "to the right of"
+    return "above" if dy < 0 else "below"
+
+
+def _listing(names: list[str]) -> str:
+    items = [f"a {n}" for n in names]
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _caption(rng: np.random.Generator, objects: list[SceneObject], background: str) -> str:
+    """A sentence naming every object by its class name, in one of several phrasings."""
+    order = [objects[i] for i in rng.permutation(len(objects))]
+    names = [SCENE_CLASSES[o.cls] for o in order]
+    k = len(names)
+    bg = _BACKGROUND_WORDS[background][int(rng.integers(len(_BACKGROUND_WORDS[background])))]
+    if k == 1:
+        forms = [
+            f"a {names[0]}.",
+            f"a picture of a {names[0]}.",
+            f"a scene with a {names[0]}.",
+            f"a {names[0]} on a {bg} background.",
+            f"a single {names[0]}.",
+            f"one shape: a {names[0]}.",
+        ]
+    elif k == 2:
+        forms = [
+            f"a {names[0]} beside a {names[1]}.",
+            f"a {names[0]} and a {names[1]}.",
+            f"a {names[0]} {_relation(order[0], order[1])} a {names[1]}.",
+            f"two shapes: a {names[0]} and a {names[1]}.",
+            f"a {names[0]} next to a {names[1]} on a {bg} background.",
+            f"a scene with a {names[0]} and a {names[1]}.",
+        ]
+    else:
+        rest = _listing(names[2:])
+        forms = [
+            f"{_listing(names)}.",
+            f"{_NUMBER_WORDS[k]} shapes: {_listing(names)}.",
+            f"a scene with {_listing(names)}.",
+            f"a {names[0]} {_relation(order[0], order[1])} a {names[1]}, with {rest}.",
+            f"{_listing(names)} on a {bg} background.",
+            f"a picture of {_listing(names)}.",
+        ]
+    return forms[int(rng.integers(len(forms)))]
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+
+
+def _render(
+    rng: np.random.Generator, spec: SceneSpec, objects: list[SceneObject], image: Image.Image
+) -> Image.Image:
+    for o in objects:
+        sig = CLASS_SIGNATURES[o.cls]
+        box = int(math.ceil(2.6 * o.radius)) + 2
+        mask = _draw_mask(sig.shape, o.radius, o.angle, box)
+        fill = _fill(rng, sig, box)
+        corner = (int(round(o.x - box / 2)), int(round(o.y - box / 2)))
+        if isinstance(fill, Image.Image):
+            image.paste(fill, corner, mask)
+        else:
+            image.paste(fill, (*corner, corner[0] + box, corner[1] + box), mask)
+    if rng.random() < spec.clutter:
+        pen = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(1, 3))):
+            x0, y0, x1, y1 = rng.uniform(0, spec.size, 4)
+            width = max(1, int(round(rng.uniform(1, 3) * spec.size / 64)))
+            pen.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in _muted(rng)), width=width)
+    sigma = float(rng.uniform(0, spec.noise_max))
+    if sigma > 0.5:
+        arr = np.asarray(image, dtype=np.float32)
+        arr = arr + rng.standard_normal(arr.shape, dtype=np.float32) * sigma
+        image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    return image
+
+
+def generate_scene(
+    rng: np.random.Generator,
+    spec: SceneSpec | None = None,
+    class_probs: Sequence[float] | np.ndarray | None = None,
+    *,
+    return_objects: bool = False,
+):
+    """One scene: (PIL image, label vector (C,) uint8, caption); plus its objects when ``return_objects``."""
+    spec = spec or SceneSpec()
+    probs = _check_probs(class_probs)
+    classes = _pick_classes(rng, spec, probs)
+    objects = _place(rng, spec, classes)
+    image, background = _background(rng, spec)
+    image = _render(rng, spec, objects, image)
+    caption = _caption(rng, objects, background)
+    labels = np.zeros(len(SCENE_CLASSES), dtype=np.uint8)
+    labels[classes] = 1
+    if return_objects:
+        return image, labels, caption, objects
+    return image, labels, caption
+
+
+def scene_at(
+    seed: int,
+    index: int,
+    spec: SceneSpec | None = None,
+    class_probs: Sequence[float] | np.ndarray | None = None,
+) -> tuple[Image.Image, np.ndarray, str]:
+    """Scene ``index`` of the stream ``seed`` (independent of every other scene)."""
+    return generate_scene(np.random.default_rng([int(seed), int(index)]), spec, class_probs)
+
+
+def scene_batch(
+    n: int,
+    seed: int,
+    *,
+    class_probs: Sequence[float] | np.ndarray | None = None,
+    spec: SceneSpec | None = None,
+    start: int = 0,
+) -> tuple[list[Image.Image], np.ndarray, list[str]]:
+    """Scenes ``start .. start + n - 1`` of stream ``seed``: (images, labels (n, C) uint8, captions)."""
+    spec = spec or SceneSpec()
+    probs = _check_probs(class_probs)
+    images, labels, captions = [], np.zeros((n, len(SCENE_CLASSES)), dtype=np.uint8), []
+    for i in range(n):
+        image, label, caption = generate_scene(np.random.default_rng([int(seed), start + i]), spec, probs)
+        images.append(image)
+        labels[i] = label
+        captions.append(caption)
+    return images, labels, captions
+
+
+def cooccurrence_matrix(labels: np.ndarray) -> np.ndarray:
+    """P(column class present | row class present) over a label matrix (nan rows for absent classes)."""
+    y = np.asarray(labels, dtype=np.float64)
+    counts = y.T @ y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts / np.diag(counts)[:, None]

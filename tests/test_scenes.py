@@ -1,0 +1,149 @@
+"""The captioned synthetic world: determinism, labels against captions, layout, co-occurrence, balance."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from capnet.scenes import (
+    CLASS_SIGNATURES,
+    COOCCURRING_PAIRS,
+    SCENE_CLASSES,
+    SCENE_TEMPLATES,
+    SceneSpec,
+    cooccurrence_matrix,
+    generate_scene,
+    partner_of,
+    scene_at,
+    scene_batch,
+)
+
+C = len(SCENE_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """1,500 class-balanced scenes of one seed, shared by the statistical tests (about 1.5 s)."""
+    return scene_batch(1500, seed=11)
+
+
+def named_classes(caption: str) -> set[str]:
+    return {name for name in SCENE_CLASSES if re.search(rf"\b{name}\b", caption)}
+
+
+def test_class_table_is_a_world_captions_can_name():
+    assert len(SCENE_CLASSES) == 20 == len(set(SCENE_CLASSES))
+    signatures = {(s.shape, s.colour, s.texture, s.size) for s in CLASS_SIGNATURES}
+    assert len(signatures) == C  # every class is its own (shape, colour, texture, size)
+    # No class name hides inside another, so naming in a caption is unambiguous.
+    assert not [(a, b) for a in SCENE_CLASSES for b in SCENE_CLASSES if a != b and a in b]
+    # "a {}" is always grammatical, and every template takes the name once.
+    assert all(name[0] not in "aeiou" for name in SCENE_CLASSES)
+    assert all(t.count("{}") == 1 for t in SCENE_TEMPLATES)
+    paired = [c for pair in COOCCURRING_PAIRS for c in pair]
+    assert sorted(paired) == sorted(SCENE_CLASSES)  # a perfect matching
+    assert all(partner_of(partner_of(c)) == c != partner_of(c) for c in SCENE_CLASSES)
+
+
+def test_deterministic_for_a_seed_and_independent_of_batch_length():
+    a_images, a_labels, a_caps = scene_batch(6, seed=3)
+    b_images, b_labels, b_caps = scene_batch(10, seed=3)
+    assert a_caps == b_caps[:6]
+    assert np.array_equal(a_labels, b_labels[:6])
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a_images, b_images))
+    # start= continues the same stream; scene_at gives one scene of it.
+    _, c_labels, c_caps = scene_batch(4, seed=3, start=6)
+    assert c_caps == b_caps[6:] and np.array_equal(c_labels, b_labels[6:])
+    image, labels, caption = scene_at(3, 7)
+    assert caption == b_caps[7] and np.array_equal(np.asarray(image), np.asarray(b_images[7]))
+    # Another seed, another world.
+    _, _, other = scene_batch(10, seed=4)
+    assert other != b_caps
+
+
+def test_generate_scene_is_deterministic_for_a_generator():
+    one = generate_scene(np.random.default_rng(5))
+    two = generate_scene(np.random.default_rng(5))
+    assert one[2] == two[2] and np.array_equal(one[1], two[1])
+    assert np.array_equal(np.asarray(one[0]), np.asarray(two[0]))
+
+
+def test_images_labels_and_object_counts(corpus):
+    images, labels, captions = corpus
+    assert len(images) == len(captions) == labels.shape[0] == 1500
+    assert labels.shape[1] == C and labels.dtype == np.uint8
+    assert all(im.size == (64, 64) and im.mode == "RGB" for im in images[:50])
+    counts = labels.sum(axis=1)
+    assert counts.min() == 1 and counts.max() == 4
+    assert set(np.unique(counts)) == {1, 2, 3, 4}
+    assert 2.0 < counts.mean() < 2.6  # 0.3, 0.3, 0.25, 0.15 for 1 .. 4 objects: 2.25
+    # Images are not flat: background, objects and noise give them spread.
+    assert all(np.asarray(im).std() > 5 for im in images[:50])
+
+
+def test_every_labelled_class_is_named_in_the_caption_and_nothing_else(corpus):
+    _, labels, captions = corpus
+    for row, caption in zip(labels, captions):
+        assert named_classes(caption) == {SCENE_CLASSES[c] for c in np.flatnonzero(row)}, caption
+        assert caption.endswith(".") and caption == caption.strip()
+    # The phrasings vary.
+    starts = {c.split(" ")[0] for c in captions} | {c.split(":")[0] for c in captions if ":" in c}
+    assert {"two shapes", "three shapes", "four shapes"} <= starts
+    assert any(" beside a " in c for c in captions) and any(" above a " in c for c in captions)
+    # Each zero-shot template is a phrasing that captions use: the text tower has seen its words.
+    for template in SCENE_TEMPLATES:
+        assert any(template.format(name) in captions for name in SCENE_CLASSES), template
+
+
+def test_classes_are_balanced_under_uniform_probabilities(corpus):
+    _, labels, _ = corpus
+    freq = labels.sum(axis=0)
+    assert freq.min() > 0.75 * freq.mean() and freq.max() < 1.25 * freq.mean()
+
+
+def test_cooccurrence_structure_is_measurable(corpus):
+    _, labels, _ = corpus
+    cond = cooccurrence_matrix(labels)  # P(column | row)
+    for c, name in enumerate(SCENE_CLASSES):
+        p = SCENE_CLASSES.index(partner_of(name))
+        others = np.delete(cond[c], [c, p])
+        assert cond[c, p] > 3 * others.mean(), name
+        assert cond[c, p] > others.max()
+    # Without co-occurrence the partner is no more likely than any other class.
+    _, flat, _ = scene_batch(1500, seed=11, spec=SceneSpec(cooccurrence=0.0))
+    cond0 = cooccurrence_matrix(flat)
+    partner_rates = [cond0[c, SCENE_CLASSES.index(partner_of(n))] for c, n in enumerate(SCENE_CLASSES)]
+    assert np.mean(partner_rates) < 1.5 * np.nanmean(cond0[~np.eye(C, dtype=bool)])
+
+
+def test_class_probs_skew_the_frequencies():
+    probs = 0.8 ** np.arange(C)
+    _, labels, _ = scene_batch(600, seed=2, class_probs=probs, spec=SceneSpec(cooccurrence=0.0))
+    freq = labels.sum(axis=0)
+    assert freq[:3].min() > 4 * freq[-3:].max()
+    with pytest.raises(ValueError, match="class_probs"):
+        scene_batch(2, seed=0, class_probs=[1.0, 2.0])
+    with pytest.raises(ValueError, match="class_probs"):
+        scene_batch(2, seed=0, class_probs=-np.ones(C))
+
+
+def test_sizes_objects_and_larger_scenes():
+    image, labels, caption, objects = generate_scene(
+        np.random.default_rng(0), SceneSpec(size=96), return_objects=True
+    )
+    assert image.size == (96, 96)
+    assert sorted(o.cls for o in objects) == list(np.flatnonzero(labels))
+    radii = {c: [] for c in range(C)}
+    for seed in range(300):
+        *_, objs = generate_scene(np.random.default_rng(seed), return_objects=True)
+        for o in objs:
+            radii[o.cls].append(o.radius)
+            assert 0 <= o.x <= 64 and 0 <= o.y <= 64
+    small = SCENE_CLASSES.index("small yellow circle")
+    large = SCENE_CLASSES.index("large green circle")
+    medium = SCENE_CLASSES.index("red circle")
+    assert max(radii[small]) < min(radii[medium]) and max(radii[medium]) < min(radii[large])
+    with pytest.raises(ValueError, match="size"):
+        SceneSpec(size=16)
