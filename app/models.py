@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from capnet.backbone import WEIGHTS_ENV, Backbone, WeightsUnavailableError, load_backbone
-from capnet.checkpoint import model_from_checkpoint, read_metadata
+from capnet.checkpoint import CheckpointError, model_from_checkpoint, read_metadata
 from capnet.config import BackboneConfig
 from capnet.model import CapNet
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+SYNTH_WEIGHTS = CHECKPOINTS_DIR / "capnet-synth.safetensors"
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ServedModels:
     banner: str
     trained: CapNet | None = None
     trained_counts: np.ndarray | None = None  # training class counts stored in the checkpoint
+    world: bool = False  # serving the synthetic world's tiny CLIP: scene classes and sample scenes
     zero_shot_cache: dict[tuple[str, ...], CapNet] = field(default_factory=dict)
 
     def zero_shot(self, class_names: tuple[str, ...]) -> CapNet:
@@ -39,9 +41,17 @@ class ServedModels:
         return self.zero_shot_cache[class_names]
 
 
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        read_metadata(path)
+    except CheckpointError:
+        return False  # e.g. the shipped tiny CLIP's weights, which live in the same folder
+    return True
+
+
 def _newest_checkpoint(folder: Path) -> Path | None:
     found = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return found[0] if found else None
+    return next((p for p in found if _is_checkpoint(p)), None)
 
 
 def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_DIR) -> ServedModels:
@@ -68,10 +78,26 @@ def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_
         if backbone.source == "random initialisation":
             banner += " **Random weights: its predictions mean nothing.** Serve real ones: `--weights PATH`."
     except WeightsUnavailableError as exc:
+        how = (
+            f"To serve real weights: `python app.py --weights /path/to/ViT-B-16.safetensors` or set "
+            f"`{WEIGHTS_ENV}`, or run once online so open_clip caches them."
+        )
+        if SYNTH_WEIGHTS.is_file():
+            backbone = load_backbone(
+                name="capnet-synth",
+                pretrained=None,
+                weights=str(SYNTH_WEIGHTS),
+                device=choice.backbone.device,
+            )
+            banner = (
+                f"{note}**Offline: serving capnet-synth**, a tiny CLIP trained on synthetic scenes of 20 "
+                f"shape classes (see checkpoints/capnet-synth.md); it knows those scenes, not real photos. "
+                f"({exc}.) {how}"
+            )
+            return ServedModels(backbone, banner, world=True)
         backbone = load_backbone(name="capnet-tiny", pretrained=None, device=choice.backbone.device)
         banner = (
             f"{note}**Offline fallback: a tiny CLIP with random weights; its predictions mean nothing.** "
-            f"{exc}. To serve real weights: `python app.py --weights /path/to/ViT-B-16.safetensors` "
-            f"or set `{WEIGHTS_ENV}`, or run once online so open_clip caches them."
+            f"{exc}. {how}"
         )
     return ServedModels(backbone, banner)

@@ -19,10 +19,10 @@ from capnet.images import ImageError, load_image
 from capnet.labelsets import PRESETS
 from capnet.metrics import class_groups
 from capnet.model import CapNet, validate_class_names
+from capnet.scenes import scene_batch
 
 MAX_IMAGES = 16
 MAX_LABELS = 200
-SAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 
 
 def sample_photos() -> dict[str, Image.Image]:
@@ -37,6 +37,23 @@ def sample_photos() -> dict[str, Image.Image]:
         "motorcycle": data.stereo_motorcycle()[0],
     }
     return {name: Image.fromarray(arr).convert("RGB") for name, arr in arrays.items()}
+
+
+def samples_for(served: ServedModels) -> dict[str, Image.Image]:
+    """The Predict tab's samples: scenes of the synthetic world when its model is served, else photos."""
+    if not hasattr(served, "_samples"):
+        if served.world:
+            images, _, captions = scene_batch(6, seed=4242)
+            served._samples = {f"scene {i + 1}": im for i, im in enumerate(images)}
+        else:
+            served._samples = sample_photos()
+    return served._samples
+
+
+def calibration_images(served: ServedModels) -> list[Image.Image]:
+    if served.world:
+        return scene_batch(64, seed=4343)[0]
+    return list(sample_photos().values())
 
 
 def parse_labels(preset: str, custom: str) -> tuple[str, ...]:
@@ -84,7 +101,7 @@ def calibrate_zero_shot(model: CapNet, references: list[Image.Image], labels_per
 def zero_shot_model(served: ServedModels, labels: tuple[str, ...]) -> CapNet:
     model = served.zero_shot(labels)
     if not getattr(model, "app_calibrated", False):
-        calibrate_zero_shot(model, list(sample_photos().values()))
+        calibrate_zero_shot(model, calibration_images(served))
         model.app_calibrated = True
     return model
 

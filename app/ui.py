@@ -16,19 +16,20 @@ from app.graph_view import build_graph, cooccurrence_view, network_figure, simil
 from app.models import ServedModels
 from app.predict import (
     MAX_IMAGES,
-    SAMPLE_NAMES,
     bar_chart,
     parse_labels,
     predict,
     read_uploads,
-    sample_photos,
+    samples_for,
     zero_shot_model,
 )
 from app.splits import official_training_labels
 from capnet.data import DataError
 from capnet.labelsets import PRESETS
+from capnet.scenes import SCENE_CLASSES
 
 CUSTOM = "Custom"
+SCENES = "Scenes (synthetic)"
 PROGRESS = gr.Progress()  # Gradio replaces this default with each job's own progress tracker
 CHECKPOINT = "Checkpoint classes"
 CSS = "#banner {border-left: 4px solid #ff7f0e; padding-left: 8px} .error {color: #b00020}"
@@ -39,12 +40,19 @@ def _error(text: str) -> str:
 
 
 def build_demo(served: ServedModels) -> gr.Blocks:
-    samples = sample_photos()
-    label_sources = ([CHECKPOINT] if served.trained else []) + list(PRESETS) + [CUSTOM]
+    samples = samples_for(served)
+    label_sources = (
+        ([CHECKPOINT] if served.trained else [])
+        + ([SCENES] if served.world else [])
+        + list(PRESETS)
+        + [CUSTOM]
+    )
 
     def labels_for(source: str, custom: str) -> tuple[str, ...]:
         if source == CHECKPOINT and served.trained is not None:
             return tuple(served.trained.class_names)
+        if source == SCENES:
+            return SCENE_CLASSES
         return parse_labels(source, custom)
 
     def counts_for(source: str) -> np.ndarray | None:
@@ -237,7 +245,11 @@ def build_demo(served: ServedModels) -> gr.Blocks:
                         label=f"Images (up to {MAX_IMAGES})", file_count="multiple", elem_id="upload"
                     )
                     picked = gr.CheckboxGroup(
-                        list(SAMPLE_NAMES), label="…or sample photos (scikit-image)", elem_id="samples"
+                        list(samples),
+                        label="…or sample scenes (synthetic)"
+                        if served.world
+                        else "…or sample photos (scikit-image)",
+                        elem_id="samples",
                     )
                     source = gr.Radio(
                         label_sources, value=label_sources[0], label="Label set", elem_id="preset"
@@ -262,7 +274,7 @@ def build_demo(served: ServedModels) -> gr.Blocks:
                 with gr.Column(scale=1):
                     g_source = gr.Radio(
                         label_sources,
-                        value="VOC" if "VOC" in label_sources else label_sources[0],
+                        value=label_sources[0] if served.world or served.trained else "VOC",
                         label="Label set",
                         elem_id="g-preset",
                     )

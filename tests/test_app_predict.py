@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app import models as app_models
 from app.models import ModelChoice, load_served_models
 from app.predict import bar_chart, parse_labels, predict, read_uploads, zero_shot_model
 from capnet.checkpoint import save_checkpoint
@@ -21,7 +22,8 @@ def offline(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_offline_fallback_never_crashes_and_says_so(offline):
+def test_offline_fallback_never_crashes_and_says_so(offline, monkeypatch):
+    monkeypatch.setattr(app_models, "SYNTH_WEIGHTS", offline / "absent.safetensors")
     served = load_served_models(ModelChoice(), checkpoints_dir=offline)
     assert served.backbone.config.name == "capnet-tiny" and served.trained is None
     assert "Offline fallback" in served.banner and "--weights" in served.banner
@@ -69,3 +71,23 @@ def test_bad_uploads_are_reported_not_raised(tmp_path):
     images, problems = read_uploads([str(good), str(text)])
     assert [n for n, _ in images] == ["good.png"]
     assert len(problems) == 1 and "notes.txt" in problems[0]
+
+
+def test_offline_default_is_the_synthetic_world(offline, monkeypatch):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from app.predict import samples_for
+    from capnet.scenes import SCENE_CLASSES
+
+    weights = offline / "capnet-synth.safetensors"
+    clip = open_clip.create_model("capnet-synth", pretrained=None)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
+    monkeypatch.setattr(app_models, "SYNTH_WEIGHTS", weights)
+    served = load_served_models(ModelChoice(), checkpoints_dir=offline)  # not a capnet checkpoint: skipped
+    assert served.world and served.backbone.config.name == "capnet-synth"
+    assert "Offline: serving capnet-synth" in served.banner and "could not be loaded" not in served.banner
+    samples = samples_for(served)
+    assert list(samples) == [f"scene {i}" for i in range(1, 7)]
+    result = predict({"zero-shot": zero_shot_model(served, SCENE_CLASSES)}, list(samples.items())[:2])
+    assert len(result.table) == 2 * len(SCENE_CLASSES)
