@@ -6,7 +6,7 @@ STAMP := $(VENV)/.capnet-installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install test lint app clean
+.PHONY: install test lint app bench pretrain ablation clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,18 @@ test: $(STAMP) $(CHROMIUM) lint
 
 app: $(STAMP)
 	$(PY) app.py
+
+# Benchmarks against bare open_clip (random ViT-B/16 and RN50 weights): writes benchmarks/results.md.
+# BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--threads 1" on a shared machine.
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# The synthetic world: retrain the shipped tiny CLIP (about 20 minutes on two CPU cores), run the ablation.
+pretrain: $(STAMP)
+	$(PY) -m capnet.pretrain --out checkpoints/capnet-synth.safetensors --minutes 20
+
+ablation: $(STAMP)
+	$(PY) -m capnet.ablation --out runs/ablation
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
