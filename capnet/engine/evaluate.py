@@ -136,5 +136,6 @@ def write_report(report: dict[str, Any], logits: np.ndarray, records: Records, o
     names = report["class_names"]
     scores = pd.DataFrame(probs, columns=[f"p:{n}" for n in names])
     truth = pd.DataFrame(records.labels.astype(int), columns=[f"y:{n}" for n in names])
-    pd.concat([frame, scores, truth], axis=1).to_csv(out / SCORES_CSV, index=False, float_format="%.6g")
+    # Ten significant digits: probabilities near 0 or 1 must not collapse into ties (ties change AP).
+    pd.concat([frame, scores, truth], axis=1).to_csv(out / SCORES_CSV, index=False, float_format="%.10g")
     return out / REPORT_JSON
