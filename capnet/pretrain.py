@@ -270,7 +270,7 @@ def contrastive_train(
     factor = warmup_cosine(schedule_steps, warm) if schedule_steps is not None else None
     # Steps timed to size the schedule from the budget: inside the warm-up, whose rates do not depend on
     # the schedule's length, so a run sized this way equals the run given that length as ``steps``.
-    probe = (min(5, warm // 3), max(1, min(30, warm)))
+    probe = (min(5, warm // 3), max(1, warm))
 
     data = CaptionedScenes(seed, batch_size, tokenizer, start_batch=start_batch, spec=spec)
     loader = torch.utils.data.DataLoader(
@@ -334,9 +334,7 @@ def contrastive_train(
             if eval_fn is not None and eval_every and step % eval_every == 0:
                 value = eval_fn(clip)
                 evals.append({"step": step, "map": value})
-                tqdm.write(
-                    f"step {step}: loss {history[-1]['loss']:.3f}, validation zero-shot mAP {value:.4f}"
-                )
+                tqdm.write(f"step {step}: loss {loss.item():.3f}, validation zero-shot mAP {value:.4f}")
                 clip.train()
     finally:
         bar.close()
@@ -369,14 +367,14 @@ def contrastive_train(
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-def _as_model(target: Backbone | CapNet | nn.Module, templates: Sequence[str]) -> CapNet:
+def _as_model(target: Backbone | CapNet | nn.Module, templates: Sequence[str], model_name: str) -> CapNet:
     if isinstance(target, CapNet):
         return target
     if not isinstance(target, Backbone):  # a bare open_clip model, e.g. mid-training: measure a copy
         clip = copy.deepcopy(target).eval()
         device = next(clip.parameters()).device
-        cfg = BackboneConfig(name=MODEL_NAME, pretrained=None, device=device.type)
-        target = Backbone(clip, None, open_clip.get_tokenizer(MODEL_NAME), cfg, "in training", device)
+        cfg = BackboneConfig(name=model_name, pretrained=None, device=device.type)
+        target = Backbone(clip, None, open_clip.get_tokenizer(model_name), cfg, "in training", device)
     config = ModelConfig(graph=GraphConfig(templates=list(templates)))
     return CapNet(target, SCENE_CLASSES, config, zero_shot=True)
 
@@ -391,6 +389,7 @@ def zero_shot_map(
     class_probs: Sequence[float] | None = None,
     spec: SceneSpec | None = None,
     batch_size: int = 250,
+    model_name: str = MODEL_NAME,
 ) -> dict[str, Any]:
     """mAP on ``n`` scenes of stream ``seed`` (class-balanced unless ``class_probs`` says otherwise).
 
@@ -398,9 +397,12 @@ def zero_shot_map(
     ``CapNet(..., zero_shot=True)``), an open_clip model (wrapped the same way, on a copy), or any
     ``CapNet`` whose classes are scene classes (scored as it is: trained prompts, GCN and all).
     Returns ``capnet.metrics.lt_map``'s dict (``total``, ``per_class``, ...; every class counts as
-    "head") plus ``class_names`` and ``n``.
+    "head") plus ``class_names`` and ``n``. ``model_name`` names a bare model's architecture (its tokenizer).
+    A CapNet is left in the mode (train or eval) it came in.
     """
-    model = _as_model(target, templates).eval()
+    model = _as_model(target, templates, model_name)
+    was_training = model.training
+    model.eval()
     unknown = [c for c in model.class_names if c not in SCENE_CLASSES]
     if unknown:
         raise ValueError(f"not scene classes: {unknown}")
@@ -415,6 +417,7 @@ def zero_shot_map(
         x = scene_tensor(images, visual.image_mean, visual.image_std, size)
         scores.append(model.predict_logits(x).cpu())
         targets.append(labels[:, columns])
+    model.train(was_training)
     result = lt_map(torch.cat(scores), np.concatenate(targets), np.full(len(columns), 100))
     result["class_names"] = list(model.class_names)
     result["n"] = n
@@ -508,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def validate(model: nn.Module) -> float:
-        return float(zero_shot_map(model, n=300, seed=VAL_SEED)["total"])
+        return float(zero_shot_map(model, n=300, seed=VAL_SEED, model_name=args.model)["total"])
 
     run = contrastive_train(
         clip,
