@@ -45,6 +45,10 @@ class PromptConfig:
     # A phrase such as "a photo of a": contexts start as its token embeddings and n_ctx becomes its length.
     init: str | None = None
     init_std: float = 0.02
+    # Large label sets: send the prompts through the text tower this many classes at a time; with gradients
+    # each chunk is recomputed in the backward pass (checkpointed), so a step holds one chunk's activations
+    # instead of all C classes' (the same features and gradients). None: all classes in one pass.
+    class_chunk: int | None = None
 
 
 @dataclass

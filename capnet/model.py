@@ -91,7 +91,13 @@ class CapNet(nn.Module):
         if not zero_shot:
             pc = self.config.prompt
             self.prompts = ClassPrompts(
-                self.clip, backbone.tokenizer, self.class_names, pc.n_ctx, pc.init, pc.init_std
+                self.clip,
+                backbone.tokenizer,
+                self.class_names,
+                pc.n_ctx,
+                pc.init,
+                pc.init_std,
+                class_chunk=pc.class_chunk,
             )
             gc = self.config.graph
             if gc.source == "cooccurrence":

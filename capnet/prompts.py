@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from capnet.text import check_text_tower, encode_embedded, eot_positions
 
@@ -32,9 +33,14 @@ class ClassPrompts(nn.Module):
         n_ctx: int = 16,
         init: str | None = None,
         init_std: float = 0.02,
+        *,
+        class_chunk: int | None = None,
     ) -> None:
         super().__init__()
         check_text_tower(clip)
+        if class_chunk is not None and class_chunk < 1:
+            raise ValueError(f"class_chunk must be at least 1, not {class_chunk}")
+        self.class_chunk = class_chunk
         self.clip = [clip]  # a list keeps the frozen tower out of this module's parameters and state
         embedding = clip.token_embedding
         device = embedding.weight.device
@@ -83,6 +89,23 @@ class ClassPrompts(nn.Module):
         """Unnormalised class text features (C, embed), or (K, embed) for the K indices in ``classes``.
 
         A subset costs K / C of the full pass (less when its names are short: the pass is cut to them).
+        With ``class_chunk``, the classes go through the tower that many at a time; under autograd each
+        chunk is checkpointed: its activations are recomputed in the backward pass instead of kept.
         """
-        eot = self.eot if classes is None else self.eot[classes]
-        return encode_embedded(self.clip[0], self.embeddings(classes), eot)
+        count = self.num_classes if classes is None else len(classes)
+        if not self.class_chunk or count <= self.class_chunk:
+            eot = self.eot if classes is None else self.eot[classes]
+            return encode_embedded(self.clip[0], self.embeddings(classes), eot)
+        rows = torch.arange(self.num_classes, device=self.eot.device) if classes is None else classes
+        checkpointed = torch.is_grad_enabled() and self.ctx.requires_grad
+        parts = []
+        for start in range(0, count, self.class_chunk):
+            chunk = rows[start : start + self.class_chunk]
+            if checkpointed:
+                parts.append(checkpoint(self._encode_rows, chunk, use_reentrant=False))
+            else:
+                parts.append(self._encode_rows(chunk))
+        return torch.cat(parts)
+
+    def _encode_rows(self, classes: torch.Tensor) -> torch.Tensor:
+        return encode_embedded(self.clip[0], self.embeddings(classes), self.eot[classes])

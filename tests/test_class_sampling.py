@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from capnet.config import ModelConfig, PromptConfig, RunConfig, from_dict
@@ -94,3 +95,23 @@ def test_training_with_classes_per_step(tmp_path, tiny_backbone):
     # As many classes as the label set (or more) is the exact path.
     cfg.train.classes_per_step = 10
     assert Trainer(cfg, model, _records(tmp_path, names), None, tmp_path / "b").classes_per_step is None
+
+
+def test_chunked_text_pass_gives_the_same_features_and_gradients(tiny_backbone):
+    names = VOC_CLASSES + [n for n in ODD_NAMES if n not in VOC_CLASSES]
+    torch.manual_seed(0)
+    whole = CapNet(tiny_backbone(), names, ModelConfig(prompt=PromptConfig(n_ctx=4))).train()
+    torch.manual_seed(0)
+    chunked = CapNet(tiny_backbone(), names, ModelConfig(prompt=PromptConfig(n_ctx=4, class_chunk=4))).train()
+    torch.testing.assert_close(chunked.prompts.ctx, whole.prompts.ctx, rtol=0, atol=0)
+    weights = torch.randn(len(names), whole.text_features.shape[1])
+    for model in (whole, chunked):
+        (model.class_features() * weights).sum().backward()
+    torch.testing.assert_close(chunked.class_features(), whole.class_features(), rtol=0, atol=1e-5)
+    scale = float(whole.prompts.ctx.grad.abs().max())  # float32 rounding of differently cut passes
+    torch.testing.assert_close(chunked.prompts.ctx.grad, whole.prompts.ctx.grad, rtol=0, atol=1e-5 * scale)
+    subset = torch.tensor([0, 2, 5, 7, 11, 19, 20, 21, 22])  # more than one chunk, with the long names
+    with torch.no_grad():
+        torch.testing.assert_close(chunked.prompts(subset), whole.prompts(subset), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="class_chunk"):
+        CapNet(tiny_backbone(), names, ModelConfig(prompt=PromptConfig(class_chunk=0)))
