@@ -23,8 +23,8 @@ $(CHROMIUM):
 	else echo "chromium is missing and this is not root: the browser tests will skip"; fi
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check capnet app tests tools app.py
-	$(VENV)/bin/ruff format --check capnet app tests tools app.py
+	$(VENV)/bin/ruff check capnet app tests tools benchmarks app.py
+	$(VENV)/bin/ruff format --check capnet app tests tools benchmarks app.py
 
 test: $(STAMP) $(CHROMIUM) lint
 	$(PY) -m pytest -q
