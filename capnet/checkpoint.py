@@ -44,10 +44,16 @@ def save_checkpoint(model: CapNet, path: str | Path, extra: dict[str, Any] | Non
         "backbone_fingerprint": frozen_fingerprint(model.clip),
     }
     tensors = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    return save_atomic(tensors, path, {"capnet": json.dumps(meta)})
+
+
+def save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """A safetensors file written to a temp file in the same folder, then renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"capnet": json.dumps(meta)})
+        save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:

@@ -33,7 +33,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -45,11 +44,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from capnet.backbone import Backbone, image_size, load_backbone
+from capnet.checkpoint import save_atomic
 from capnet.config import BackboneConfig, GraphConfig, ModelConfig
 from capnet.engine.schedule import warmup_cosine
 from capnet.metrics import lt_map
@@ -435,16 +434,7 @@ def save_clip_weights(clip: nn.Module, path: str | Path, metadata: dict[str, Any
     for name, t in clip.state_dict().items():
         t = t.detach().cpu()
         tensors[name] = (t.half() if t.is_floating_point() and t.numel() > 1 else t.float()).contiguous()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_atomic(tensors, path, {METADATA_KEY: json.dumps(metadata)})
 
 
 def read_pretrain_metadata(path: str | Path) -> dict[str, Any]:

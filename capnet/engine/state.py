@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from capnet.checkpoint import save_atomic
 from capnet.model import CapNet
 
 
@@ -46,16 +44,7 @@ def save_training_state(
     optim_tensors, optim_meta = _split_optimizer_state(optimizer.state_dict())
     tensors.update(optim_tensors)
     meta = {"epoch": epoch, "optimizer": optim_meta, "scheduler": scheduler.state_dict(), **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"capnet-train": json.dumps(meta, default=float)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_atomic(tensors, path, {"capnet-train": json.dumps(meta, default=float)})
 
 
 def load_training_state(path: Path, model: CapNet, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
