@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 # The seven templates of the CLIP notebook's ImageNet ensemble, plus the plain CoOp template.
@@ -44,13 +45,47 @@ def encode_embedded(clip: nn.Module, embeddings: torch.Tensor, eot: torch.Tensor
     cast_dtype = clip.transformer.get_cast_dtype()
     x = embeddings[:, :length].to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
     mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
-    x = clip.transformer(x, attn_mask=mask)
+    if _last_block_prunable(clip.transformer):
+        x = _run_to_positions(clip.transformer, x, mask, eot)
+    else:
+        x = clip.transformer(x, attn_mask=mask)[torch.arange(x.shape[0], device=x.device), eot]
     x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot]
     proj = clip.text_projection
     if proj is None:
         return x
     return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+def _last_block_prunable(transformer: nn.Module) -> bool:
+    blocks = getattr(transformer, "resblocks", None)
+    return (
+        getattr(transformer, "batch_first", False)
+        and blocks is not None
+        and isinstance(blocks[-1], ResidualAttentionBlock)
+        and isinstance(blocks[-1].attn, nn.MultiheadAttention)
+        and not hasattr(blocks[-1], "ln_1_kv")
+    )
+
+
+def _run_to_positions(
+    transformer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, eot: torch.Tensor
+) -> torch.Tensor:
+    """The tower's output at each sequence's end-of-text only (N, width).
+
+    Only end-of-text is pooled, so the last block needs keys and values at every position but the query,
+    attention output and MLP at that one position: the same numbers for a few per cent less work.
+    """
+    *blocks, last = transformer.resblocks
+    for block in blocks:
+        x = block(x, attn_mask=mask)
+    rows = torch.arange(x.shape[0], device=x.device)
+    kv = last.ln_1(x)
+    q = kv[rows, eot].unsqueeze(1)
+    # the causal mask's row at end-of-text: a query there sees itself and every position before it
+    row_mask = mask[eot].unsqueeze(1).repeat_interleave(last.attn.num_heads, 0) if mask is not None else None
+    h = x[rows, eot].unsqueeze(1) + last.ls_1(last.attention(q_x=q, k_x=kv, v_x=kv, attn_mask=row_mask))
+    h = h + last.ls_2(last.mlp(last.ln_2(h)))
+    return h[:, 0]
 
 
 def encode_tokens(clip: nn.Module, tokens: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

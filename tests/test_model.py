@@ -14,8 +14,8 @@ from tests.common import ODD_NAMES
 
 
 def _count_text_passes(model: CapNet) -> list[int]:
-    calls = [0]
-    model.clip.transformer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    calls = [0]  # passes of the prompts through the text tower
+    model.prompts.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
 
 

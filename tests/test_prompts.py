@@ -43,6 +43,31 @@ def test_random_context_set_to_template_words_equals_encode_text(tiny_backbone):
     assert (ours - _reference(b.model, b.tokenizer, ODD_NAMES, phrase)).abs().max() < 1e-5
 
 
+def _full_length_features(clip, embedded, eot):
+    """open_clip's own pass over all 77 positions, padded like encode_text, for comparison."""
+    pad = clip.token_embedding.weight[0].expand(embedded.shape[0], 77 - embedded.shape[1], -1)
+    x = torch.cat([embedded, pad], dim=1) + clip.positional_embedding
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+    return x[torch.arange(x.shape[0]), eot] @ clip.text_projection
+
+
+def test_cut_pruned_pass_has_the_gradients_of_the_full_pass(tiny_backbone):
+    """The pass is cut to the longest prompt and runs the last block at end-of-text only: same values
+    and gradients as the full-length pass, for names of many token lengths."""
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES + VOC_CLASSES, n_ctx=6)
+    assert len(set(prompts.eot.tolist())) >= 3
+    weights = torch.randn(len(ODD_NAMES + VOC_CLASSES), b.model.text_projection.shape[1])
+    (prompts() * weights).sum().backward()
+    ours = prompts.ctx.grad.clone()
+    prompts.ctx.grad = None
+    ref = _full_length_features(b.model, prompts.embeddings(), prompts.eot)
+    (ref * weights).sum().backward()
+    assert (ours - prompts.ctx.grad).abs().max() < 1e-5 * prompts.ctx.grad.abs().max()
+    with torch.no_grad():
+        assert (prompts() - ref).abs().max() < 1e-5
+
+
 def test_gradients_reach_only_the_contexts(tiny_backbone):
     b = tiny_backbone()
     prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=16)
