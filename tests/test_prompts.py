@@ -52,13 +52,18 @@ def _full_length_features(clip, embedded, eot):
 
 
 def test_cut_pruned_pass_has_the_gradients_of_the_full_pass(tiny_backbone):
-    """The pass is cut to the longest prompt and runs the last block at end-of-text only: same values
-    and gradients as the full-length pass, for names of many token lengths."""
+    """capnet's pass (cut to the longest prompt, attention in whole-batch products, the last block at
+    end-of-text only): the values and gradients of open_clip's full-length pass, for names of many
+    token lengths."""
     b = tiny_backbone()
     prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES + VOC_CLASSES, n_ctx=6)
     assert len(set(prompts.eot.tolist())) >= 3
     weights = torch.randn(len(ODD_NAMES + VOC_CLASSES), b.model.text_projection.shape[1])
+    module_calls = []
+    hook = b.model.transformer.register_forward_hook(lambda *_: module_calls.append(1))
     (prompts() * weights).sum().backward()
+    hook.remove()
+    assert not module_calls  # the blocks were computed by capnet's own path, not open_clip's forward
     ours = prompts.ctx.grad.clone()
     prompts.ctx.grad = None
     ref = _full_length_features(b.model, prompts.embeddings(), prompts.eot)
