@@ -185,6 +185,7 @@ def build_demo(served: ServedModels) -> gr.Blocks:
             )
             return
         try:
+            yield "Preparing the data and the model…", None, None, True, None  # from here Cancel applies
             workdir = Path(tempfile.mkdtemp(prefix="capnet-ft-data-"))
             if use_sample:
                 job = ft.bundled_sample(workdir)
@@ -225,7 +226,7 @@ def build_demo(served: ServedModels) -> gr.Blocks:
     def cancel_finetune(busy):
         if busy:
             ft.SLOT.finish()
-            return _error("Cancelled."), False
+            return _error("Cancelled. The step under way finishes first; then Fine-tune starts again."), False
         return "Nothing to cancel.", False
 
     def after_finetune(tuned):

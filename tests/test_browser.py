@@ -192,6 +192,28 @@ def test_one_epoch_fine_tune_runs_to_completion(page, tmp_path):
     _shot(page, "fine-tune")
 
 
+def test_cancel_stops_a_fine_tune_and_frees_the_server_for_the_next(page):
+    _tab(page, "Fine-tune")
+    page.locator("#ft-sample input[type=checkbox]").check()
+    epochs = page.locator("#ft-epochs input[type=number]")
+    epochs.fill("20")
+    epochs.press("Enter")
+    page.locator("#ft-start").click()
+    expect(page.locator("#ft-status")).to_contain_text(re.compile("Preparing|epoch"))
+    page.locator("#ft-cancel").click()
+    status = page.locator("#ft-status")
+    expect(status).to_contain_text("Cancelled.")
+    epochs.fill("1")
+    epochs.press("Enter")
+    # gradio ignores a click while the cancelled run still finishes its step: click as a user would
+    deadline = time.monotonic() + 120
+    while "Cancelled." in status.inner_text() and time.monotonic() < deadline:
+        page.locator("#ft-start").click()
+        page.wait_for_timeout(3_000)
+    expect(status).not_to_contain_text("Another fine-tune")  # the cancelled job freed the server's slot
+    expect(status).to_contain_text("done: held-out mAP", timeout=240_000)
+
+
 def _bad_uploads(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     text = tmp_path / "notes.txt"
     text.write_text("not an image at all")
