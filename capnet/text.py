@@ -99,11 +99,9 @@ def _block(
         q = F.linear(h[rows, at].unsqueeze(1), w[:width], None if b is None else b[:width])
         k, v = F.linear(h, w[width:], None if b is None else b[width:]).split(width, dim=-1)
         if mask is not None:
-            mask = mask[at].unsqueeze(1)  # the causal row of each end-of-text position
+            mask = mask[at][:, None, None]  # each end-of-text position's causal row, for every head
     q, k, v = (t.reshape(n, -1, heads, width // heads).transpose(1, 2) for t in (q, k, v))
-    if mask is not None:
-        mask = mask.to(q.dtype).unsqueeze(1) if at is not None else mask.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
     out = out.transpose(1, 2).reshape(n, -1, width)
     x = residual + block.ls_1(attn.out_proj(out))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
