@@ -226,7 +226,8 @@ def build_demo(served: ServedModels) -> gr.Blocks:
     def cancel_finetune(busy):
         if busy:
             ft.SLOT.finish()
-            return _error("Cancelled. The step under way finishes first; then Fine-tune starts again."), False
+            message = "Cancelled. The step under way finishes first, then Fine-tune can start again."
+            return _error(message), False
         return "Nothing to cancel.", False
 
     def after_finetune(tuned):
