@@ -175,13 +175,21 @@ def test_dashboard_shows_bundled_reports_and_gallery(page):
     _shot(page, "dashboard")
 
 
-def test_one_epoch_fine_tune_runs_to_completion(page, tmp_path):
+def _set_epochs(page, epochs: int) -> None:
+    field = page.locator("#ft-epochs input[type=number]")
+    field.fill(str(epochs))
+    field.press("Enter")
+
+
+def _start_sample_fine_tune(page, epochs: int) -> None:
     _tab(page, "Fine-tune")
     page.locator("#ft-sample input[type=checkbox]").check()
-    epochs = page.locator("#ft-epochs input[type=number]")
-    epochs.fill("1")
-    epochs.press("Enter")
+    _set_epochs(page, epochs)
     page.locator("#ft-start").click()
+
+
+def test_one_epoch_fine_tune_runs_to_completion(page, tmp_path):
+    _start_sample_fine_tune(page, epochs=1)
     expect(page.locator("#ft-status")).to_contain_text("done: held-out mAP", timeout=240_000)
     link = page.locator("#ft-download a").first
     expect(link).to_have_attribute("href", re.compile(r"finetuned\.safetensors$"))
@@ -193,18 +201,12 @@ def test_one_epoch_fine_tune_runs_to_completion(page, tmp_path):
 
 
 def test_cancel_stops_a_fine_tune_and_frees_the_server_for_the_next(page):
-    _tab(page, "Fine-tune")
-    page.locator("#ft-sample input[type=checkbox]").check()
-    epochs = page.locator("#ft-epochs input[type=number]")
-    epochs.fill("20")
-    epochs.press("Enter")
-    page.locator("#ft-start").click()
+    _start_sample_fine_tune(page, epochs=20)
     expect(page.locator("#ft-status")).to_contain_text(re.compile("Preparing|epoch"))
     page.locator("#ft-cancel").click()
     status = page.locator("#ft-status")
     expect(status).to_contain_text("Cancelled.")
-    epochs.fill("1")
-    epochs.press("Enter")
+    _set_epochs(page, 1)
     # gradio ignores a click while the cancelled run still finishes its step: click as a user would
     deadline = time.monotonic() + 120
     while "Cancelled." in status.inner_text() and time.monotonic() < deadline:
