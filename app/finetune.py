@@ -25,7 +25,7 @@ from capnet.config import (
 )
 from capnet.data import DataError, Records, check_images, read_csv
 from capnet.engine.evaluate import score_records
-from capnet.engine.trainer import Trainer, split_validation
+from capnet.engine.trainer import Trainer, TrainingStopped, split_validation
 from capnet.metrics import lt_map
 from capnet.model import CapNet
 from capnet.synthetic import write_csv_dataset
@@ -39,23 +39,44 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 
 class JobSlot:
-    """One fine-tune at a time on this server; a slot held past twice the time limit counts as free."""
+    """One fine-tune at a time on this server, held by one browser session, which alone may cancel it.
+
+    Cancelling is cooperative: the run checks its ticket before every step and stops itself. (Gradio's
+    own task cancellation leaves a synchronous generator running on in its thread, racing the next run.)
+    A slot held past twice the time limit counts as free: its client vanished mid-step.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._since: float | None = None
+        self._owner: str | None = None
+        self._ticket = threading.Event()
 
-    def try_start(self) -> bool:
+    def try_start(self, owner: str) -> threading.Event | None:
+        """The new run's ticket (set means: stop), or None while another run holds the slot."""
         with self._lock:
             now = time.monotonic()
             if self._since is not None and now - self._since < 2 * MAX_SECONDS + 60:
+                return None
+            self._since, self._owner, self._ticket = now, owner, threading.Event()
+            return self._ticket
+
+    def cancel(self, owner: str) -> bool:
+        with self._lock:
+            if self._since is None or self._owner != owner:
                 return False
-            self._since = now
+            self._ticket.set()
             return True
 
-    def finish(self) -> None:
+    def finish(self, ticket: threading.Event) -> None:
+        """Frees the slot if ``ticket``'s run still holds it (a stale run must not free its successor's)."""
         with self._lock:
-            self._since = None
+            if ticket is self._ticket:
+                self._since = self._owner = None
+
+
+class Cancelled(Exception):
+    """The run's owner cancelled it; nothing was saved."""
 
 
 SLOT = JobSlot()
@@ -147,10 +168,28 @@ def _held_out_map(model: CapNet, held: Records, train: Records) -> float:
 
 
 def run_job(
-    job: Job, backbone_factory, *, parts: set[str], epochs: int, lr: float, loss: str, seed: int = 0
+    job: Job,
+    backbone_factory,
+    *,
+    parts: set[str],
+    epochs: int,
+    lr: float,
+    loss: str,
+    seed: int = 0,
+    ticket: threading.Event | None = None,
 ) -> Iterator[Update]:
-    """Train with the capnet engine one epoch at a time, yielding progress; stops at the time limit."""
-    epochs = max(1, min(int(epochs), MAX_EPOCHS))
+    """Train with the capnet engine one epoch at a time, yielding progress.
+
+    A set ``ticket`` raises ``Cancelled`` before the next step; at the time limit the run stops within
+    a step and keeps what it has learnt.
+    """
+    ticket = ticket or threading.Event()
+
+    def check() -> None:
+        if ticket.is_set():
+            raise Cancelled(f"after {len(losses)} of {epochs} epochs; nothing was saved")
+
+    epochs, losses = max(1, min(int(epochs), MAX_EPOCHS)), []
     train, held = split_validation(job.records, 0.2, seed)
     if held is None or held.labels.sum() == 0:
         raise DataError("the held-out fifth of the images has no labels: upload more images")
@@ -159,7 +198,9 @@ def run_job(
     model_cfg = ModelConfig(backbone=backbone.config, adapter=adapter)
     model = CapNet(backbone, train.class_names, model_cfg)
     model.set_trainable(parts | {"bias", "temperature"})
+    check()
     before = _held_out_map(model, held, train)
+    check()
     workdir = Path(tempfile.mkdtemp(prefix="capnet-finetune-"))
     cfg = RunConfig(
         name="finetune",
@@ -179,17 +220,22 @@ def run_job(
         ),
     )
     trainer = Trainer(cfg, model, train, None, workdir / "run")
-    began, losses = time.monotonic(), []
+    deadline = time.monotonic() + MAX_SECONDS
     yield Update(0, epochs, losses, f"before: held-out mAP {100 * before:.1f}", before=before)
     for epoch in range(epochs):
-        trainer.fit(resume=epoch > 0, stop_after=1)
-        losses.append(trainer.last_epoch["train_loss"])
-        if time.monotonic() - began > MAX_SECONDS and epoch + 1 < epochs:
-            yield Update(
-                epoch + 1, epochs, losses, f"time limit of {MAX_SECONDS} s reached after {epoch + 1} epochs"
+        try:
+            trainer.fit(
+                resume=epoch > 0,
+                stop_after=1,
+                should_stop=lambda: ticket.is_set() or time.monotonic() > deadline,
             )
+        except TrainingStopped:
+            check()
+            yield Update(epoch, epochs, losses, f"time limit of {MAX_SECONDS} s reached in epoch {epoch + 1}")
             break
+        losses.append(trainer.last_epoch["train_loss"])
         yield Update(epoch + 1, epochs, losses, f"epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    check()
     model.eval()
     after = _held_out_map(model, held, train)
     checkpoint = save_checkpoint(

@@ -170,12 +170,23 @@ def build_demo(served: ServedModels) -> gr.Blocks:
 
     # ---------------------------------------------------------------- fine-tune
     def run_finetune(
-        archive, images, labels_text, use_sample, parts, epochs, lr, loss, busy, progress=PROGRESS
+        archive,
+        images,
+        labels_text,
+        use_sample,
+        parts,
+        epochs,
+        lr,
+        loss,
+        busy,
+        request: gr.Request,
+        progress=PROGRESS,
     ):
         if busy:
             yield _error("A fine-tune of yours is already running."), None, None, busy, None
             return
-        if not ft.SLOT.try_start():
+        ticket = ft.SLOT.try_start(request.session_hash)
+        if ticket is None:
             yield (
                 _error("Another fine-tune is running on this server; try again shortly."),
                 None,
@@ -185,7 +196,7 @@ def build_demo(served: ServedModels) -> gr.Blocks:
             )
             return
         try:
-            yield "Preparing the data and the model…", None, None, True, None  # from here Cancel applies
+            yield "Preparing the data and the model…", None, None, True, None
             workdir = Path(tempfile.mkdtemp(prefix="capnet-ft-data-"))
             if use_sample:
                 job = ft.bundled_sample(workdir)
@@ -199,7 +210,10 @@ def build_demo(served: ServedModels) -> gr.Blocks:
                 raise DataError("choose at least one part to train")
             skipped = f" Skipped {len(job.problems)} unusable file(s)." if job.problems else ""
             factory = ft.default_backbone_factory(served.backbone)
-            for update in ft.run_job(job, factory, parts=set(parts), epochs=epochs, lr=lr, loss=loss):
+            updates = ft.run_job(
+                job, factory, parts=set(parts), epochs=epochs, lr=lr, loss=loss, ticket=ticket
+            )
+            for update in updates:
                 progress((update.epoch, update.epochs), desc="fine-tuning", unit="epoch")
                 curve = go.Figure(
                     go.Scatter(
@@ -220,15 +234,16 @@ def build_demo(served: ServedModels) -> gr.Blocks:
                 yield status, curve, checkpoint, update.model is None, update.model
         except DataError as exc:
             yield _error(str(exc)), None, None, False, None
+        except ft.Cancelled as exc:
+            yield _error(f"Cancelled {exc}."), gr.update(), None, False, None
         finally:
-            ft.SLOT.finish()
+            ft.SLOT.finish(ticket)
 
-    def cancel_finetune(busy):
-        if busy:
-            ft.SLOT.finish()
-            message = "Cancelled. The step under way finishes first, then Fine-tune can start again."
-            return _error(message), False
-        return "Nothing to cancel.", False
+    def cancel_finetune(request: gr.Request):
+        if ft.SLOT.cancel(request.session_hash):
+            gr.Info("Cancelling: the fine-tune stops before its next step.")
+        else:
+            gr.Info("Nothing to cancel.")
 
     def after_finetune(tuned):
         if tuned is None:
@@ -375,6 +390,6 @@ def build_demo(served: ServedModels) -> gr.Blocks:
             [ft_status, ft_curve, ft_download, busy_state, tuned_state],
         )
         job.then(after_finetune, [tuned_state], [source, custom])
-        cancel.click(cancel_finetune, [busy_state], [ft_status, busy_state], cancels=[job])
+        cancel.click(cancel_finetune, None, None)
         demo.load(run_graph, graph_inputs, graph_outputs)
     return demo

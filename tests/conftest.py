@@ -11,6 +11,14 @@ from capnet.backbone import load_backbone
 from tests.common import LTSPLITS
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item, so a fixture can tell that its test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
 def tiny_backbone():
     """A factory: a fresh, deterministic tiny backbone per call (models attach adapters in place)."""

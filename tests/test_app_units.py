@@ -105,11 +105,62 @@ def _write(path, data: bytes):
     return path
 
 
-def test_one_job_at_a_time():
+def test_one_job_at_a_time_cancelled_only_by_its_owner():
     slot = ft.JobSlot()
-    assert slot.try_start() and not slot.try_start()
-    slot.finish()
-    assert slot.try_start()
+    first = slot.try_start("alice")
+    assert first is not None and slot.try_start("bob") is None
+    assert not slot.cancel("bob") and not first.is_set()
+    assert slot.cancel("alice") and first.is_set()
+    slot.finish(first)
+    second = slot.try_start("bob")
+    assert second is not None and not second.is_set()
+    slot.finish(first)  # a late finish of the first run must not free the second's slot
+    assert slot.try_start("alice") is None
+    slot.finish(second)
+    assert not slot.cancel("bob") and slot.try_start("alice") is not None
+
+
+def _tiny_factory():
+    return lambda: load_backbone(name="capnet-tiny", pretrained=None, device="cpu")
+
+
+def test_cancel_stops_the_job_before_its_next_step(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(ft, "save_checkpoint", lambda *args: saved.append(args))
+    ticket = ft.threading.Event()
+    updates = ft.run_job(
+        ft.bundled_sample(tmp_path),
+        _tiny_factory(),
+        parts={"prompts", "gcn"},
+        epochs=20,
+        lr=0.003,
+        loss="bce",
+        ticket=ticket,
+    )
+    assert next(updates).epoch == 0
+    assert next(updates).epoch == 1
+    ticket.set()
+    with pytest.raises(ft.Cancelled, match="after 1 of 20 epochs; nothing was saved"):
+        next(updates)
+    assert saved == []
+
+
+def test_time_limit_stops_within_an_epoch_and_keeps_the_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(ft, "MAX_SECONDS", 0)
+    updates = list(
+        ft.run_job(
+            ft.bundled_sample(tmp_path),
+            _tiny_factory(),
+            parts={"prompts"},
+            epochs=3,
+            lr=0.003,
+            loss="bce",
+        )
+    )
+    assert [u.epoch for u in updates] == [0, 0, 0]
+    assert "time limit of 0 s reached in epoch 1" in updates[1].message
+    assert updates[-1].message.startswith("done") and updates[-1].checkpoint.is_file()
+    assert updates[-1].losses == []
 
 
 def test_fine_tune_job_trains_and_saves(tmp_path):
@@ -117,7 +168,7 @@ def test_fine_tune_job_trains_and_saves(tmp_path):
     updates = list(
         ft.run_job(
             job,
-            lambda: load_backbone(name="capnet-tiny", pretrained=None, device="cpu"),
+            _tiny_factory(),
             parts={"prompts", "gcn"},
             epochs=2,
             lr=0.003,

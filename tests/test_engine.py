@@ -22,7 +22,7 @@ from capnet.data.sources import load_split
 from capnet.engine import features as feature_module
 from capnet.engine.evaluate import score_records
 from capnet.engine.schedule import warmup_cosine
-from capnet.engine.trainer import ClassAwareSampler, Trainer, split_validation
+from capnet.engine.trainer import ClassAwareSampler, Trainer, TrainingStopped, split_validation
 from capnet.metrics import lt_map
 from capnet.model import CapNet
 from capnet.synthetic import write_coco, write_voc
@@ -130,6 +130,22 @@ def test_resume_continues_to_the_same_result(tmp_path, adapter):
     log = [json.loads(x)["epoch"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]
     assert not list((tmp_path / "b").glob("*.tmp"))
+
+
+def test_should_stop_ends_training_between_two_steps(tmp_path):
+    trainer = _trainer(tmp_path, "run")
+    assert trainer.steps_per_epoch >= 2
+    asked = []
+
+    def second_call_stops() -> bool:
+        asked.append(1)
+        return len(asked) == 2
+
+    with pytest.raises(TrainingStopped, match="epoch 1 after 16 images"):
+        trainer.fit(should_stop=second_call_stops)
+    steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    assert steps == {1}  # AdamW counts its own steps: one ran, the second never started
+    assert not (tmp_path / "run" / "log.jsonl").exists()  # an unfinished epoch is neither logged nor saved
 
 
 def test_feature_cache_is_reused_and_keyed(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,10 @@ from capnet.model import CapNet
 STATE_FILE = "last_state.safetensors"
 MODEL_FILE = "model.safetensors"
 LOG_FILE = "log.jsonl"
+
+
+class TrainingStopped(Exception):
+    """``fit``'s ``should_stop`` asked for an end: raised between two steps, with the epoch unfinished."""
 
 
 class ClassAwareSampler(Sampler[int]):
@@ -220,11 +224,17 @@ class Trainer:
             with open(self.out_dir / LOG_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def fit(self, resume: bool = False, stop_after: int | None = None) -> Path | None:
+    def fit(
+        self,
+        resume: bool = False,
+        stop_after: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Path | None:
         """Train for the configured epochs; returns the final checkpoint's path.
 
         ``stop_after`` ends this call after that many epochs (a time-boxed job); ``resume`` continues it.
-        Returns None when stopped early.
+        Returns None when stopped early. ``should_stop`` is asked before every step, so a cancel or a
+        deadline takes effect within one step rather than one epoch (raises ``TrainingStopped``).
         """
         tc = self.cfg.train
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +261,9 @@ class Trainer:
                 leave=False,
             )
             for batch in bar:
+                if should_stop is not None and should_stop():
+                    bar.close()
+                    raise TrainingStopped(f"stopped in epoch {epoch + 1} after {seen} images")
                 inputs, targets = batch[0].to(self.model.device), batch[1].to(self.model.device)
                 step_kwargs = {}
                 if self.classes_per_step:
