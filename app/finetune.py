@@ -61,6 +61,10 @@ class JobSlot:
             self._since, self._owner, self._ticket = now, owner, threading.Event()
             return self._ticket
 
+    def held_by(self, owner: str) -> bool:
+        with self._lock:
+            return self._since is not None and self._owner == owner
+
     def cancel(self, owner: str) -> bool:
         with self._lock:
             if self._since is None or self._owner != owner:
@@ -183,7 +187,7 @@ def run_job(
     A set ``ticket`` raises ``Cancelled`` before the next step; at the time limit the run stops within
     a step and keeps what it has learnt.
     """
-    ticket = ticket or threading.Event()
+    ticket = ticket if ticket is not None else threading.Event()
 
     def check() -> None:
         if ticket.is_set():

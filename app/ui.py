@@ -178,25 +178,19 @@ def build_demo(served: ServedModels) -> gr.Blocks:
         epochs,
         lr,
         loss,
-        busy,
         request: gr.Request,
         progress=PROGRESS,
     ):
-        if busy:
-            yield _error("A fine-tune of yours is already running."), None, None, busy, None
-            return
         ticket = ft.SLOT.try_start(request.session_hash)
         if ticket is None:
-            yield (
-                _error("Another fine-tune is running on this server; try again shortly."),
-                None,
-                None,
-                busy,
-                None,
-            )
+            if ft.SLOT.held_by(request.session_hash):
+                message = "A fine-tune of yours is already running."
+            else:
+                message = "Another fine-tune is running on this server; try again shortly."
+            yield _error(message), None, None, None
             return
         try:
-            yield "Preparing the data and the model…", None, None, True, None
+            yield "Preparing the data and the model…", None, None, None
             workdir = Path(tempfile.mkdtemp(prefix="capnet-ft-data-"))
             if use_sample:
                 job = ft.bundled_sample(workdir)
@@ -231,11 +225,11 @@ def build_demo(served: ServedModels) -> gr.Blocks:
                     f"{', '.join(job.records.class_names)})"
                 )
                 checkpoint = str(update.checkpoint) if update.checkpoint else None
-                yield status, curve, checkpoint, update.model is None, update.model
+                yield status, curve, checkpoint, update.model
         except DataError as exc:
-            yield _error(str(exc)), None, None, False, None
+            yield _error(str(exc)), None, None, None
         except ft.Cancelled as exc:
-            yield _error(f"Cancelled {exc}."), gr.update(), None, False, None
+            yield _error(f"Cancelled {exc}."), gr.update(), None, None
         finally:
             ft.SLOT.finish(ticket)
 
@@ -254,7 +248,7 @@ def build_demo(served: ServedModels) -> gr.Blocks:
     with gr.Blocks(title="capnet") as demo:
         gr.Markdown("# capnet · long-tailed multi-label recognition with CLIP")
         gr.Markdown(served.banner, elem_id="banner")
-        pred_state, runs_state, tuned_state, busy_state = gr.State(), gr.State(), gr.State(), gr.State(False)
+        pred_state, runs_state, tuned_state = gr.State(), gr.State(), gr.State()
         with gr.Tab("Predict", id="predict-tab"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -386,8 +380,8 @@ def build_demo(served: ServedModels) -> gr.Blocks:
         g_run.change(run_gallery, [runs_state, g_run, g_class], [gallery, g_note])
         job = start.click(
             run_finetune,
-            [archive, ft_images, ft_labels, use_sample, parts, epochs, lr, loss, busy_state],
-            [ft_status, ft_curve, ft_download, busy_state, tuned_state],
+            [archive, ft_images, ft_labels, use_sample, parts, epochs, lr, loss],
+            [ft_status, ft_curve, ft_download, tuned_state],
         )
         job.then(after_finetune, [tuned_state], [source, custom])
         cancel.click(cancel_finetune, None, None)

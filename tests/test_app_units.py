@@ -109,6 +109,7 @@ def test_one_job_at_a_time_cancelled_only_by_its_owner():
     slot = ft.JobSlot()
     first = slot.try_start("alice")
     assert first is not None and slot.try_start("bob") is None
+    assert slot.held_by("alice") and not slot.held_by("bob")
     assert not slot.cancel("bob") and not first.is_set()
     assert slot.cancel("alice") and first.is_set()
     slot.finish(first)
