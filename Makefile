@@ -39,10 +39,10 @@ bench: $(STAMP)
 
 # The synthetic world: retrain the shipped tiny CLIP (about 20 minutes on two CPU cores), run the ablation.
 pretrain: $(STAMP)
-	$(PY) -m capnet.pretrain --out checkpoints/capnet-synth.safetensors --minutes 20
+	$(PY) -m capnet.world.pretrain --out checkpoints/capnet-synth.safetensors --minutes 20
 
 ablation: $(STAMP)
-	$(PY) -m capnet.ablation --out runs/ablation
+	$(PY) -m capnet.world.ablation --out runs/ablation
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

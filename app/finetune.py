@@ -28,7 +28,7 @@ from capnet.engine.evaluate import score_records
 from capnet.engine.trainer import Trainer, TrainingStopped, split_validation
 from capnet.metrics import lt_map
 from capnet.model import CapNet
-from capnet.synthetic import write_csv_dataset
+from capnet.world.squares import write_csv_dataset
 
 MAX_IMAGES = 300
 MAX_EPOCHS = 20

@@ -19,7 +19,7 @@ from capnet.images import ImageError, load_image
 from capnet.labelsets import PRESETS
 from capnet.metrics import class_groups
 from capnet.model import CapNet, validate_class_names
-from capnet.scenes import scene_batch
+from capnet.world.scenes import scene_batch
 
 MAX_IMAGES = 16
 MAX_LABELS = 200

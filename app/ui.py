@@ -26,7 +26,7 @@ from app.predict import (
 from app.splits import official_training_labels
 from capnet.data import DataError
 from capnet.labelsets import PRESETS
-from capnet.scenes import SCENE_CLASSES
+from capnet.world.scenes import SCENE_CLASSES
 
 CUSTOM = "Custom"
 SCENES = "Scenes (synthetic)"

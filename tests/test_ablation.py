@@ -8,9 +8,9 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from capnet import ablation
 from capnet.data import read_csv
-from capnet.scenes import SCENE_CLASSES
+from capnet.world import ablation
+from capnet.world.scenes import SCENE_CLASSES
 
 
 def test_synth_lt_has_head_medium_and_tail_classes(tmp_path):

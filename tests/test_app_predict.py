@@ -78,7 +78,7 @@ def test_offline_default_is_the_synthetic_world(offline, monkeypatch):
     from safetensors.torch import save_file
 
     from app.predict import samples_for
-    from capnet.scenes import SCENE_CLASSES
+    from capnet.world.scenes import SCENE_CLASSES
 
     weights = offline / "capnet-synth.safetensors"
     clip = open_clip.create_model("capnet-synth", pretrained=None)

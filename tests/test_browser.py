@@ -173,7 +173,7 @@ def test_graph_slider_recomputes(page):
 def test_dashboard_shows_bundled_reports_and_gallery(page):
     _tab(page, "Head vs tail")
     page.locator("#show-reports").click()
-    expect(page.locator("#dash-message")).to_contain_text("python -m capnet.ablation")
+    expect(page.locator("#dash-message")).to_contain_text("python -m capnet.world.ablation")
     expect(page.locator("#dash-bars .plot-container")).to_be_visible()
     expect(page.locator("#dash-table")).to_contain_text("GCN, text-embedding graph")
     expect(page.locator("#gallery img").first).to_be_visible()

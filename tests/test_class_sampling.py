@@ -12,7 +12,7 @@ from capnet.config import ModelConfig, PromptConfig, RunConfig, from_dict
 from capnet.data import Records
 from capnet.engine.trainer import Trainer, sample_classes
 from capnet.model import CapNet
-from capnet.synthetic import draw
+from capnet.world.squares import draw
 from tests.common import ODD_NAMES, VOC_CLASSES
 
 

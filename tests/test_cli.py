@@ -19,7 +19,7 @@ from capnet.checkpoint import save_checkpoint
 from capnet.data import read_voc
 from capnet.data.longtail import build_longtail
 from capnet.model import CapNet
-from capnet.synthetic import write_voc
+from capnet.world.squares import write_voc
 from tests.common import LTSPLITS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from capnet.engine.schedule import warmup_cosine
 from capnet.engine.trainer import ClassAwareSampler, Trainer, TrainingStopped, split_validation
 from capnet.metrics import lt_map
 from capnet.model import CapNet
-from capnet.synthetic import write_coco, write_voc
+from capnet.world.squares import write_coco, write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from capnet.scenes import (
+from capnet.world.scenes import (
     CLASS_SIGNATURES,
     COOCCURRING_PAIRS,
     SCENE_CLASSES,

@@ -1,4 +1,4 @@
-"""Copy the ablation's reports (python -m capnet.ablation) into assets/reports/ for the app's dashboard.
+"""Copy the ablation's reports (python -m capnet.world.ablation) into assets/reports/ for the app's dashboard.
 
 The test scenes they score come along, so the failure gallery can show them. Usage, from the repository
 root after `make ablation`: python tools/bundle_ablation_reports.py [runs/ablation]
@@ -29,7 +29,7 @@ def main(source: Path) -> int:
         dst.mkdir(parents=True)
         report = json.loads((src / "report.json").read_text())
         report["produced_by"] = (
-            f"python -m capnet.ablation (seed {table['seeds'][0]} of {len(table['seeds'])}; "
+            f"python -m capnet.world.ablation (seed {table['seeds'][0]} of {len(table['seeds'])}; "
             f"{table['epochs']} epochs) on Synth-LT with the shipped tiny CLIP "
             "(checkpoints/capnet-synth.safetensors)"
         )

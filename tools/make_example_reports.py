@@ -1,6 +1,6 @@
 """Regenerate the dashboard's bundled example reports (assets/reports/) with the project's own code.
 
-Two runs of `capnet train` on the synthetic coloured-squares VOC tree (capnet.synthetic), on the tiny
+Two runs of `capnet train` on the synthetic coloured-squares VOC tree (capnet.world.squares), on the tiny
 random-weight backbone: DB-focal loss against plain BCE. The reports are real outputs; the numbers only
 show that the pipeline works, they say nothing about CLIP or VOC. Usage: python tools/make_example_reports.py
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from capnet import cli
-from capnet.synthetic import write_voc
+from capnet.world.squares import write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("assets/reports")
@@ -45,7 +45,7 @@ def main() -> int:
         report = json.loads(report_path.read_text())
         report["produced_by"] = (
             f"tools/make_example_reports.py: capnet train, {name} loss, synthetic coloured squares "
-            "(capnet.synthetic), tiny random-weight backbone; shows the pipeline, not CLIP or VOC"
+            "(capnet.world.squares), tiny random-weight backbone; shows the pipeline, not CLIP or VOC"
         )
         report.pop("checkpoint", None)  # not shipped
         report_path.write_text(json.dumps(report, indent=1))

@@ -1,8 +1,8 @@
 """A small captioned world: multi-label scenes of coloured, textured shapes with structured co-occurrence.
 
 No real CLIP weights or VOC/COCO images reach the machines this project is built on, so the synthetic
-world stands in for both: ``capnet.pretrain`` trains a tiny open_clip model contrastively on its captions,
-and long-tailed multi-label experiments sample its scenes with skewed class frequencies.
+world stands in for both: ``capnet.world.pretrain`` trains a tiny open_clip model contrastively on its
+captions, and long-tailed multi-label experiments sample its scenes with skewed class frequencies.
 
 Each of the 20 classes (``SCENE_CLASSES``) is a fixed signature of shape, colour, texture and size, and
 its name is the phrase that captions use for it ("red star", "small yellow circle", "striped square"), so

@@ -1,11 +1,11 @@
 """Synth-LT and the ablation table: what each CAPNET component adds, measured in the synthetic world.
 
-Synth-LT: a pool of captioned scenes (capnet.scenes) cut to a long tail by the same Pareto builder as
+Synth-LT: a pool of captioned scenes (capnet.world.scenes) cut to a long tail by the same Pareto builder as
 VOC-LT, and a class-balanced test set. The ablation trains each configuration with the capnet engine on
 the shipped tiny CLIP (checkpoints/capnet-synth.safetensors) for several seeds and reports mean and
 standard deviation of total / head / medium / tail mAP.
 
-    python -m capnet.ablation --out runs/ablation        (about 15 minutes on two CPU cores)
+    python -m capnet.world.ablation --out runs/ablation        (about 15 minutes on two CPU cores)
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from capnet.data.longtail import build_longtail, longtail_summary
 from capnet.engine.evaluate import evaluate, write_report
 from capnet.engine.trainer import Trainer, split_validation
 from capnet.model import CapNet
-from capnet.pretrain import DEFAULT_WEIGHTS
-from capnet.scenes import SCENE_CLASSES, SCENE_TEMPLATES, SceneSpec, balanced_probs, scene_batch
+from capnet.world.pretrain import DEFAULT_WEIGHTS
+from capnet.world.scenes import SCENE_CLASSES, SCENE_TEMPLATES, SceneSpec, balanced_probs, scene_batch
 
 GROUPS = ("total", "head", "medium", "tail")
 
@@ -216,7 +216,9 @@ def markdown_table(payload: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capnet.ablation", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m capnet.world.ablation", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)

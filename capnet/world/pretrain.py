@@ -1,11 +1,11 @@
 """Pretrains a tiny CLIP (``capnet-synth``) contrastively on captioned synthetic scenes, and measures it.
 
-    python -m capnet.pretrain --out checkpoints/capnet-synth.safetensors --minutes 20
-    python -m capnet.pretrain --out checkpoints/capnet-synth.safetensors --steps 1500   # exact reproduction
+    python -m capnet.world.pretrain --out checkpoints/capnet-synth.safetensors --minutes 20
+    python -m capnet.world.pretrain --out checkpoints/capnet-synth.safetensors --steps 1500  # exact rerun
 
 Training is CLIP's: a symmetric InfoNCE loss between image and caption features with a learnable logit
 scale, AdamW with linear warm-up and cosine decay, on scenes generated afresh for every step from
-``capnet.scenes`` with uniform class probabilities (every class equally often). One change: a caption is
+``capnet.world.scenes`` with uniform class probabilities (every class equally often). One change: a caption is
 also a positive for every other image in the batch of which it is true (its named objects are all in
 that image, ``--positives subset``). CLIP's own loss (``--positives none``) treats "a red star." as false
 of every other scene with a red star; on this world that gives a model whose one-object scenes score
@@ -53,8 +53,8 @@ from capnet.config import BackboneConfig, GraphConfig, ModelConfig
 from capnet.engine.schedule import warmup_cosine
 from capnet.metrics import lt_map
 from capnet.model import CapNet
-from capnet.scenes import SCENE_CLASSES, SCENE_TEMPLATES, SceneSpec, scene_batch
 from capnet.text import encode_tokens
+from capnet.world.scenes import SCENE_CLASSES, SCENE_TEMPLATES, SceneSpec, scene_batch
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 MODEL_NAME = "capnet-synth"
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "checkpoints" / "capnet-synth.safetensors"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "checkpoints" / "capnet-synth.safetensors"
 TRAIN_SEED = 0  # the training stream
 VAL_SEED = 777  # monitoring during training (never the test set)
 EVAL_SEED = 12345  # the fixed, class-balanced test set
@@ -452,7 +452,7 @@ def load_synth_backbone(path: str | Path = DEFAULT_WEIGHTS, device: str = "cpu")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m capnet.pretrain", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m capnet.world.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="weights file (.safetensors)")
     p.add_argument(
         "--minutes",
@@ -523,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reproduce = [
         "python",
         "-m",
-        "capnet.pretrain",
+        "capnet.world.pretrain",
         "--out",
         str(args.out),
         "--steps",
@@ -551,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "format": "capnet-pretrain/1",
         "model": args.model,
         "parameters": n_params,
-        "command": "python -m capnet.pretrain " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
+        "command": "python -m capnet.world.pretrain "
+        + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         "reproduce": shlex.join(reproduce),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
