@@ -10,6 +10,7 @@ stretches, hence mirrors, retries with back-off and resumption.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
@@ -460,6 +461,8 @@ def extract(entry: FileEntry, root: str | Path) -> list[str]:
         raise DownloadError(f"{entry.path} is not a readable {rule.kind} archive: {one_line(exc)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.parent.rmdir()  # only when empty
 
 
 # ------------------------------------------------------------------------------------- single images
@@ -609,12 +612,20 @@ def plan(manifest: Manifest, root: str | Path, mirrors: list[str] | None = None)
     return result
 
 
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
 def format_plan(summary: dict[str, Any], fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(summary, indent=1)
     lines = [f"{summary['dataset']} into {summary['root']}:"]
     for row in summary["files"]:
-        lines.append(f"  {row['path']}  {row['bytes'] / 1e6:,.1f} MB  {row['state']}")
+        lines.append(f"  {row['path']}  {human_bytes(row['bytes'])}  {row['state']}")
         lines.append(
             f"    from {row['sources'][0]}"
             + (f" (+{len(row['sources']) - 1} more)" if len(row["sources"]) > 1 else "")
@@ -622,10 +633,10 @@ def format_plan(summary: dict[str, Any], fmt: str = "text") -> str:
     if summary["images"]:
         img = summary["images"]
         lines.append(
-            f"  {img['to']}/  {img['count']} single images, about {img['approx_bytes'] / 1e6:,.0f} MB, "
+            f"  {img['to']}/  {img['count']} single images, about {human_bytes(img['approx_bytes'])}, "
             f"from {img['from']}"
         )
-    lines.append(f"to download: {summary['download_bytes'] / 1e9:,.2f} GB in archives and files")
+    lines.append(f"to download: {human_bytes(summary['download_bytes'])} in archives and files")
     return "\n".join(lines)
 
 
@@ -648,8 +659,8 @@ def fetch(
     free = shutil.disk_usage(root).free
     if need > free:
         raise DownloadError(
-            f"not enough free space in {root}: the downloads need {need / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB are free"
+            f"not enough free space in {root}: the downloads need {human_bytes(need)}, "
+            f"{human_bytes(free)} are free"
         )
     downloaded, unpacked = [], []
     for entry in manifest.files:

@@ -1,0 +1,330 @@
+"""`capnet data fetch` against a local HTTP server: stand-in archives with the real inner layout."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import re
+import shutil
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from capnet import cli
+from capnet.data import download, read_voc
+from capnet.data.download import DownloadError, FileEntry, Options, fetch_file, load_manifest
+from capnet.world.squares import write_voc
+from tests.common import LTSPLITS
+from tests.fileserver import FileServer
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTES = LTSPLITS.parent / "notes"
+FAST = Options(retries=0, backoff=0.0, progress=False)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tar(base: Path, members: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in members:
+            tar.add(base / name, arcname=name)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> dict:
+    """VOC2012 trainval and VOC2007 test tars laid out like the real ones, plus a split id file."""
+    src = tmp_path_factory.mktemp("voc-src")
+    write_voc(src, n_train=16, n_test=8)
+    v12, v07 = src / "VOCdevkit" / "VOC2012", src / "VOCdevkit" / "VOC2007"
+    for year_dir in (v12, v07):  # what the benchmark does not use, and must not be extracted
+        (year_dir / "SegmentationClass").mkdir()
+        (year_dir / "SegmentationClass" / "x.png").write_bytes(b"not used")
+    (v12 / "ImageSets" / "Main" / "train.txt").write_text("2012_000001\n")
+    pool = (v12 / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    split = pool[::2]  # 8 of the 16 pool images form the "long-tailed" training set
+    ids_file = "\n".join(split).encode() + b"\n"
+    names12 = sorted(str(p.relative_to(src)) for p in v12.rglob("*") if p.is_file())
+    names07 = sorted(str(p.relative_to(src)) for p in v07.rglob("*") if p.is_file())
+    return {
+        "src": src,
+        "split": split,
+        "files": {
+            "ltsplits/voc-lt/img_id.txt": ids_file,
+            "downloads/VOCtrainval_11-May-2012.tar": _tar(src, names12),
+            "downloads/VOCtest_06-Nov-2007.tar": _tar(src, names07),
+        },
+    }
+
+
+def voc_manifest(
+    tmp_path: Path, voc: dict, server: FileServer, urls: dict[str, list[str]] | None = None
+) -> Path:
+    """The shipped VOC-LT manifest with the local server's URLs and the stand-ins' sizes and checksums."""
+    data = json.loads((download.MANIFEST_DIR / "voc-lt.json").read_text())
+    for entry in data["files"]:
+        content = voc["files"][entry["path"]]
+        name = "/" + Path(entry["path"]).name
+        server.files[name] = content
+        entry["urls"] = (urls or {}).get(entry["path"], [server.url + name])
+        entry["sha256"], entry["bytes"] = sha256(content), len(content)
+    path = tmp_path / "voc-lt.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def one_file(tmp_path: Path, server: FileServer, content: bytes, urls: list[str] | None = None) -> FileEntry:
+    server.files["/blob.bin"] = content
+    return FileEntry("downloads/blob.bin", urls or [server.url + "/blob.bin"], sha256(content), len(content))
+
+
+def test_clean_fetch_gives_the_layout_the_voc_lt_config_trains_on(tmp_path, voc, monkeypatch, capsys):
+    with FileServer() as server:
+        manifest = voc_manifest(tmp_path, voc, server)
+        monkeypatch.chdir(tmp_path)  # the config's paths (data/VOCdevkit, data/ltsplits/...) are relative
+        assert cli.main(["data", "fetch", "voc-lt", "--manifest", str(manifest), "--root", "data"]) == 0
+    data = tmp_path / "data"
+    for path, content in voc["files"].items():
+        assert (data / path).read_bytes() == content
+    v12, v07 = data / "VOCdevkit" / "VOC2012", data / "VOCdevkit" / "VOC2007"
+    assert sorted(p.stem for p in (v12 / "JPEGImages").iterdir()) == sorted(voc["split"])
+    assert sorted(p.stem for p in (v12 / "Annotations").iterdir()) == sorted(voc["split"])
+    assert (v12 / "ImageSets" / "Main" / "trainval.txt").read_text().split() == voc["split"]
+    assert not (v12 / "SegmentationClass").exists() and not (v07 / "SegmentationClass").exists()
+    assert not (v12 / "ImageSets" / "Main" / "train.txt").exists()
+    src07 = voc["src"] / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        assert sorted(p.name for p in (v07 / sub).iterdir()) == sorted(
+            p.name for p in (src07 / sub).iterdir()
+        )
+    assert not list(data.rglob("*.part")) and not (data / ".capnet" / "staging").exists()
+    # Labels come from the XML: the same as reading the source tree, restricted to the split.
+    source = read_voc(voc["src"] / "VOCdevkit", "2012", "trainval").select_ids(voc["split"])
+    fetched = read_voc(data / "VOCdevkit", "2012", "trainval")
+    assert fetched.image_ids == source.image_ids and (fetched.labels == source.labels).all()
+
+    overrides = [
+        "model.backbone={name: capnet-tiny, pretrained: null}",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.cache_dir=''",
+        "train.out_dir=runs",
+        "data.num_workers=0",
+        "eval.tta=false",
+    ]
+    args = ["train", "--config", str(ROOT / "configs" / "voc_lt.yaml")]
+    assert cli.main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    report = json.loads((tmp_path / "runs" / "voc_lt" / "report.json").read_text())
+    assert report["num_images"] == 8  # the VOC2007 stand-in test set
+
+
+def test_a_rerun_downloads_nothing(tmp_path, voc, capsys):
+    with FileServer() as server:
+        manifest = voc_manifest(tmp_path, voc, server)
+        argv = ["data", "fetch", "voc-lt", "--manifest", str(manifest), "--root", str(tmp_path / "d")]
+        assert cli.main(argv) == 0
+        assert len(server.requests) == 3
+        capsys.readouterr()
+        assert cli.main(argv) == 0
+        assert len(server.requests) == 3
+        assert "nothing to do" in capsys.readouterr().out
+        # With the archives deleted to save space, the extracted files still count as done.
+        for tar in (tmp_path / "d" / "downloads").glob("*.tar"):
+            tar.unlink()
+        assert cli.main(argv) == 0 and len(server.requests) == 3
+        # A lost extracted file brings its archive back.
+        (tmp_path / "d" / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").unlink()
+        assert cli.main(argv) == 0
+        assert [p for p, _ in server.requests[3:]] == ["/VOCtest_06-Nov-2007.tar"]
+        assert (tmp_path / "d" / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").is_file()
+
+
+def test_a_cut_transfer_resumes_where_it_stopped(tmp_path, voc, capsys):
+    content = voc["files"]["downloads/VOCtest_06-Nov-2007.tar"]
+    with FileServer() as server:
+        entry = one_file(tmp_path, server, content)
+        server.cut["/blob.bin"] = 10_000
+        with pytest.raises(DownloadError, match="cut short"):
+            fetch_file(entry, tmp_path, options=FAST)
+        part = tmp_path / "downloads" / "blob.bin.part"
+        assert part.stat().st_size == 10_000 and not (tmp_path / "downloads" / "blob.bin").exists()
+        assert fetch_file(entry, tmp_path, options=FAST)
+        assert server.requests[-1] == ("/blob.bin", "bytes=10000-")
+        assert (tmp_path / "downloads" / "blob.bin").read_bytes() == content and not part.exists()
+        # Within one run: the retry round resumes by itself.
+        (tmp_path / "downloads" / "blob.bin").unlink()
+        server.cut["/blob.bin"] = 777
+        assert fetch_file(entry, tmp_path, options=Options(retries=1, backoff=0.0, progress=False))
+        assert server.requests[-2:] == [("/blob.bin", None), ("/blob.bin", "bytes=777-")]
+        assert (tmp_path / "downloads" / "blob.bin").read_bytes() == content
+
+
+def test_a_server_without_range_support_restarts_the_file(tmp_path, voc):
+    content = voc["files"]["downloads/VOCtrainval_11-May-2012.tar"]
+    with FileServer() as server:
+        entry = one_file(tmp_path, server, content)
+        server.no_range.add("/blob.bin")
+        server.cut["/blob.bin"] = 5_000
+        with pytest.raises(DownloadError):
+            fetch_file(entry, tmp_path, options=FAST)
+        assert fetch_file(entry, tmp_path, options=FAST)
+        assert server.requests[-1] == ("/blob.bin", "bytes=5000-")  # asked, answered with the whole file
+    assert (tmp_path / "downloads" / "blob.bin").read_bytes() == content
+
+
+def test_a_corrupted_byte_exits_2_and_leaves_nothing(tmp_path, voc, capsys):
+    with FileServer() as server:
+        manifest = voc_manifest(tmp_path, voc, server)
+        good = server.files["/VOCtest_06-Nov-2007.tar"]
+        server.files["/VOCtest_06-Nov-2007.tar"] = good[:700] + bytes([good[700] ^ 1]) + good[701:]
+        argv = ["data", "fetch", "voc-lt", "--manifest", str(manifest), "--root", str(tmp_path / "d")]
+        assert cli.main([*argv, "--retries", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("capnet: error: checksum mismatch")
+    downloads = tmp_path / "d" / "downloads"
+    assert not (downloads / "VOCtest_06-Nov-2007.tar").exists()
+    assert not (downloads / "VOCtest_06-Nov-2007.tar.part").exists()
+    assert not (tmp_path / "d" / "VOCdevkit" / "VOC2007").exists()
+
+
+@pytest.mark.parametrize("code", [404, 500])
+def test_a_failing_first_mirror_falls_through_to_the_next(tmp_path, voc, code):
+    content = voc["files"]["ltsplits/voc-lt/img_id.txt"]
+    with FileServer() as server:
+        server.fail["/first/blob.bin"] = [code]
+        server.files["/first/blob.bin"] = b"never served"
+        entry = one_file(
+            tmp_path, server, content, [server.url + "/first/blob.bin", server.url + "/blob.bin"]
+        )
+        assert fetch_file(entry, tmp_path, options=FAST)
+        assert [p for p, _ in server.requests] == ["/first/blob.bin", "/blob.bin"]
+    assert (tmp_path / "downloads" / "blob.bin").read_bytes() == content
+
+
+def test_mirror_option_is_tried_first(tmp_path, voc, capsys):
+    with FileServer() as server:
+        manifest = voc_manifest(
+            tmp_path, voc, server, urls={"ltsplits/voc-lt/img_id.txt": ["http://127.0.0.1:9/x"]}
+        )
+        server.files["/m/img_id.txt"] = voc["files"]["ltsplits/voc-lt/img_id.txt"]
+        argv = ["data", "fetch", "voc-lt", "--manifest", str(manifest), "--root", str(tmp_path / "d")]
+        assert cli.main([*argv, "--mirror", server.url + "/m/"]) == 0
+        assert server.requests[0] == ("/m/img_id.txt", None)
+
+
+def test_dry_run_opens_no_connection(tmp_path, voc, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run opened a connection")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with FileServer() as server:
+        manifest = voc_manifest(tmp_path, voc, server)
+        argv = ["data", "fetch", "voc-lt", "--manifest", str(manifest), "--root", str(tmp_path / "d")]
+        assert cli.main([*argv, "--dry-run", "--format", "json"]) == 0
+        assert server.requests == []
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["download_bytes"] == sum(len(c) for c in voc["files"].values())
+    assert [f["path"] for f in planned["files"]] == list(voc["files"])
+    assert all(f["state"] == "missing" and f["sources"][0].startswith(server.url) for f in planned["files"])
+    assert not (tmp_path / "d").exists()
+
+
+def test_shipped_dry_run_names_the_real_sources(capsys, tmp_path):
+    assert cli.main(["data", "fetch", "coco-lt", "--root", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "s3.amazonaws.com/images.cocodataset.org/zips/val2017.zip" in out and "1909 single images" in out
+    assert "train2017.zip" not in out  # never the 19 GB archive
+
+
+def test_user_errors_are_one_line_with_exit_2(tmp_path, voc, monkeypatch, capsys):
+    with FileServer() as server:
+        manifest = str(voc_manifest(tmp_path, voc, server))
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a folder")
+        cases = {
+            "cannot write to": ["--root", str(blocker)],
+            "no manifest": ["--root", str(tmp_path / "d"), "--manifest", str(tmp_path / "none.json")],
+        }
+        for expected, extra in cases.items():
+            assert cli.main(["data", "fetch", "voc-lt", "--manifest", manifest, *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and expected in err, err
+
+        monkeypatch.setattr(download.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 90, 10))
+        assert (
+            cli.main(["data", "fetch", "voc-lt", "--manifest", manifest, "--root", str(tmp_path / "d")]) == 2
+        )
+        assert "not enough free space" in capsys.readouterr().err
+        assert server.requests == []
+    monkeypatch.undo()
+    # Unreachable: nothing listens on the port any more.
+    assert cli.main(["data", "fetch", "voc-lt", "--manifest", manifest, "--root", str(tmp_path / "e"),
+                     "--retries", "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not download ltsplits/voc-lt/img_id.txt from any source" in err
+
+
+def test_a_full_disk_mid_download_is_one_line_and_keeps_the_part(tmp_path, voc, monkeypatch):
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with FileServer() as server:
+        entry = one_file(tmp_path, server, voc["files"]["downloads/VOCtest_06-Nov-2007.tar"])
+        monkeypatch.setattr(download, "open", lambda *a, **k: Full(), raising=False)
+        with pytest.raises(DownloadError, match="no space left on the device"):
+            fetch_file(entry, tmp_path, options=FAST)
+    assert not (tmp_path / "downloads" / "blob.bin").exists()
+
+
+def test_unsafe_manifest_paths_are_refused(tmp_path):
+    data = json.loads((download.MANIFEST_DIR / "voc-lt.json").read_text())
+    data["files"][0]["path"] = "../../etc/x"
+    (tmp_path / "m.json").write_text(json.dumps(data))
+    with pytest.raises(DownloadError, match="not a relative path"):
+        load_manifest(tmp_path / "m.json")
+
+
+def _markdown_checksums(text: str) -> dict[str, tuple[int, str]]:
+    """{file name: (bytes, sha256)} from the tables of DATA-SOURCES.md."""
+    found = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        digests = [c for c in cells if re.fullmatch(r"[0-9a-f]{64}", c)]
+        if len(cells) >= 3 and digests and re.fullmatch(r"[\d,]+", cells[1]):
+            name = cells[0].split(" (")[0]
+            found[name] = (int(cells[1].replace(",", "")), digests[0])
+    return found
+
+
+def test_shipped_manifests_carry_the_checksums_of_data_sources():
+    notes = NOTES / "DATA-SOURCES.md"
+    if not notes.is_file():
+        pytest.skip(f"{notes} is not available")
+    table = _markdown_checksums(notes.read_text())
+    assert len(table) >= 11
+    checked = 0
+    for name in ("voc-lt", "coco-lt"):
+        for entry in load_manifest(name).files:
+            url = entry.urls[0]
+            key = next(k for k in table if url.endswith("/" + k))
+            assert (entry.bytes, entry.sha256) == table[key], entry.path
+            checked += 1
+    assert checked == 6
+
+
+def test_shipped_split_checksums_match_the_official_files():
+    """An independent check: hash the official split files themselves."""
+    if not (LTSPLITS / "voc-lt" / "img_id.txt").is_file():
+        pytest.skip(f"official split files not available at {LTSPLITS}")
+    for name, local in (("voc-lt", "voc-lt/img_id.txt"), ("coco-lt", "coco-lt/img_id.pkl")):
+        entry = load_manifest(name).files[0]
+        content = (LTSPLITS / local).read_bytes()
+        assert (entry.bytes, entry.sha256) == (len(content), sha256(content))
