@@ -10,14 +10,17 @@ import re
 import shutil
 import tarfile
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from capnet import cli
 from capnet.data import download, read_voc
 from capnet.data.download import DownloadError, FileEntry, Options, fetch_file, load_manifest
-from capnet.world.squares import write_voc
+from capnet.data.sources import load_split
+from capnet.world.squares import write_coco, write_voc
 from tests.common import LTSPLITS
 from tests.fileserver import FileServer
 
@@ -328,3 +331,79 @@ def test_shipped_split_checksums_match_the_official_files():
         entry = load_manifest(name).files[0]
         content = (LTSPLITS / local).read_bytes()
         assert (entry.bytes, entry.sha256) == (len(content), sha256(content))
+
+
+def coco_manifest(tmp_path: Path, server: FileServer) -> tuple[Path, Path, list[str]]:
+    """COCO 2017 stand-ins: the annotation and val zips, single train images served at their coco_url."""
+    src = tmp_path / "coco-src"
+    write_coco(src, n_train=12, n_test=6)
+    train_json = src / "annotations" / "instances_train2017.json"
+    doc = json.loads(train_json.read_text())
+    for info in doc["images"]:
+        info["coco_url"] = f"{server.url}/train2017/{info['file_name']}"
+        server.files[f"/train2017/{info['file_name']}"] = (src / "train2017" / info["file_name"]).read_bytes()
+    train_json.write_text(json.dumps(doc))
+    (src / "annotations" / "captions_train2017.json").write_text("{}")  # in the real zip, not used
+    split = [str(info["id"]) for info in doc["images"][1::2]]  # unpadded, as in img_id.pkl
+    contents = {"ltsplits/coco-lt/img_id.pkl": ("\n".join(split) + "\n").encode()}
+    for name, folder in (("annotations_trainval2017.zip", "annotations"), ("val2017.zip", "val2017")):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zipped:
+            for path in sorted((src / folder).iterdir()):
+                zipped.write(path, f"{folder}/{path.name}")
+        contents[f"downloads/{name}"] = buffer.getvalue()
+    data = json.loads((download.MANIFEST_DIR / "coco-lt.json").read_text())
+    for entry in data["files"]:
+        content = contents[entry["path"]]
+        server.files["/" + Path(entry["path"]).name] = content
+        entry["urls"] = [server.url + "/" + Path(entry["path"]).name]
+        entry["sha256"], entry["bytes"] = sha256(content), len(content)
+    data["images"].update(mirrors=[], count=len(split))
+    path = tmp_path / "coco-lt.json"
+    path.write_text(json.dumps(data))
+    return path, src, split
+
+
+def test_coco_lt_fetches_single_images_checked_against_their_annotations(tmp_path, monkeypatch, capsys):
+    with FileServer() as server:
+        manifest, src, split = coco_manifest(tmp_path, server)
+        monkeypatch.chdir(tmp_path)
+        argv = ["data", "fetch", "coco-lt", "--manifest", str(manifest), "--root", "data", "--retries", "0"]
+        assert cli.main(argv) == 0
+        n = len(server.requests)
+        assert n == 3 + len(split)
+        assert not any("train2017.zip" in path for path, _ in server.requests)
+        assert cli.main(argv) == 0 and len(server.requests) == n  # the rerun downloads nothing
+    coco = tmp_path / "data" / "coco"
+    assert sorted(p.name for p in (coco / "annotations").iterdir()) == [
+        "instances_train2017.json",
+        "instances_val2017.json",
+    ]
+    assert sorted(p.name for p in (coco / "val2017").iterdir()) == sorted(
+        p.name for p in (src / "val2017").iterdir()
+    )
+    fetched = sorted((coco / "train2017").iterdir())
+    assert [int(p.stem) for p in fetched] == sorted(int(i) for i in split)
+    assert all(p.read_bytes() == (src / "train2017" / p.name).read_bytes() for p in fetched)
+    cfg = cli.load_run_config(str(ROOT / "configs" / "coco_lt.yaml"), [])
+    train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
+    assert sorted(int(i) for i in train.image_ids) == sorted(int(i) for i in split)
+    assert all(p.is_file() for p in train.paths) and len(test) == 6
+
+
+def test_a_coco_image_that_does_not_match_its_annotation_is_refused(tmp_path, capsys):
+    with FileServer() as server:
+        manifest, src, split = coco_manifest(tmp_path, server)
+        bad = f"{int(split[0]):012d}.jpg"
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 48), "red").save(buffer, "JPEG")  # the annotation says 48x48
+        server.files[f"/train2017/{bad}"] = buffer.getvalue()
+        argv = ["data", "fetch", "coco-lt", "--manifest", str(manifest), "--root", str(tmp_path / "d")]
+        assert cli.main([*argv, "--retries", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"could not download the image {bad}" in err and "40x48" in err
+        assert not (tmp_path / "d" / "coco" / "train2017" / bad).exists()
+        server.files[f"/train2017/{bad}"] = b"\xff\xd8 truncated"
+        assert cli.main([*argv, "--retries", "0"]) == 2
+        assert "does not decode" in capsys.readouterr().err
+        assert not list((tmp_path / "d" / "coco" / "train2017").glob("*.part"))
