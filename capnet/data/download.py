@@ -92,7 +92,8 @@ class Manifest:
     files: list[FileEntry]
     images: ImageSet | None = None
     config: str | None = None
-    data: dict[str, str] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)  # the config's data paths, under the root
+    sizes: dict[str, int] = field(default_factory=dict)  # images in the train and test splits
     notes: str = ""
 
 
@@ -147,6 +148,7 @@ def _manifest_from_dict(data: dict[str, Any], where: str) -> Manifest:
             images=images,
             config=data.get("config"),
             data=dict(data.get("data", {})),
+            sizes={k: int(v) for k, v in data.get("sizes", {}).items()},
             notes=str(data.get("notes", "")),
         )
     except DownloadError:
