@@ -103,3 +103,13 @@ def test_the_estimate_follows_the_device(tmp_path, monkeypatch):
     on_gpu = reproduce.estimate(manifest, tmp_path, cfg)
     assert on_gpu.device == "cuda" and on_gpu.seconds < on_cpu.seconds / 10
     assert "roughly" in on_gpu.describe() and "2.5 GB" in on_gpu.describe()
+
+
+def test_the_readme_states_the_manifests_download_sizes():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Reproducing the benchmarks") :].split("\n## ", 1)[0]
+    for name in ("voc-lt", "coco-lt"):
+        manifest = load_manifest(name)
+        assert f"{sum(e.bytes for e in manifest.files) / 1e9:.2f} GB" in section
+        assert f"make reproduce DATASET={name}" in section and f"capnet reproduce {name}" in section
+    assert f"{load_manifest('coco-lt').images.count:,} training images one by one" in section
