@@ -290,6 +290,9 @@ def test_coco_lt_fetches_single_images_checked_against_their_annotations(tmp_pat
         n = len(server.requests)
         assert n == 3 + len(split)
         assert not any("train2017.zip" in path for path, _ in server.requests)
+        monkeypatch.setattr(
+            download, "_wanted_images", lambda *a: pytest.fail("the rerun read the annotations")
+        )
         assert cli.main(argv) == 0 and len(server.requests) == n  # the rerun downloads nothing
     coco = tmp_path / "data" / "coco"
     assert sorted(p.name for p in (coco / "annotations").iterdir()) == [
@@ -324,3 +327,15 @@ def test_a_coco_image_that_does_not_match_its_annotation_is_refused(tmp_path, ca
         assert cli.main([*argv, "--retries", "0"]) == 2
         assert "does not decode" in capsys.readouterr().err
         assert not list((tmp_path / "d" / "coco" / "train2017").glob("*.part"))
+
+
+def test_a_refused_range_drops_the_partial_file_and_starts_over(tmp_path, voc):
+    content = voc["files"]["downloads/VOCtest_06-Nov-2007.tar"]
+    with FileServer() as server:
+        entry = one_file(tmp_path, server, content)
+        (tmp_path / "downloads").mkdir()
+        (tmp_path / "downloads" / "blob.bin.part").write_bytes(b"x" * 100)  # left by another file's run
+        server.fail["/blob.bin"] = [416]
+        assert fetch_file(entry, tmp_path, options=Options(retries=1, backoff=0.0, progress=False))
+        assert server.requests == [("/blob.bin", "bytes=100-"), ("/blob.bin", None)]
+    assert (tmp_path / "downloads" / "blob.bin").read_bytes() == content

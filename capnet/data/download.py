@@ -199,23 +199,32 @@ def verify(root: str | Path, entry: FileEntry) -> bool:
     return sha256_of(path) == entry.sha256
 
 
-def _record_path(root: Path, entry: FileEntry) -> Path:
-    return root / STATE_DIR / "extracted" / (entry.path.replace("/", "__") + ".json")
+def _record_path(root: Path, key: str) -> Path:
+    return root / STATE_DIR / "done" / (key.replace("/", "__") + ".json")
+
+
+def _write_record(root: Path, key: str, version: str, sizes: dict[str, int]) -> None:
+    """Remember what a finished step wrote (paths under the root and sizes), for the next run to skip it."""
+    record = _record_path(root, key)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"version": version, "files": sizes}))
+
+
+def _record_holds(root: Path, key: str, version: str) -> bool:
+    try:
+        data = json.loads(_record_path(root, key).read_text())
+    except (OSError, ValueError):
+        return False
+    if data.get("version") != version:
+        return False
+    return all(
+        (root / rel).is_file() and (root / rel).stat().st_size == size for rel, size in data["files"].items()
+    )
 
 
 def extracted(root: str | Path, entry: FileEntry) -> bool:
     """True when this archive (this sha256) was extracted and every file it gave is still there, same size."""
-    record = _record_path(Path(root), entry)
-    try:
-        data = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return False
-    if data.get("sha256") != entry.sha256:
-        return False
-    return all(
-        (Path(root) / rel).is_file() and (Path(root) / rel).stat().st_size == size
-        for rel, size in data.get("files", {}).items()
-    )
+    return entry.extract is not None and _record_holds(Path(root), entry.path, entry.sha256)
 
 
 # ------------------------------------------------------------------------------------------- download
@@ -311,7 +320,8 @@ def _describe(exc: BaseException) -> str:
 
 def _permanent(exc: BaseException) -> bool:
     """A 4xx answer (other than a timeout or rate limit) will not change on a retry."""
-    return isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code not in (408, 429)
+    transient = (408, 416, 429)  # 416: our partial file is off; it is dropped and fetched again
+    return isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code not in transient
 
 
 def fetch_file(
@@ -343,6 +353,8 @@ def fetch_file(
                 if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                     raise _disk_error(exc, part) from None
                 failures[url] = _describe(exc)
+                if isinstance(exc, urllib.error.HTTPError) and exc.code == 416:
+                    part.unlink(missing_ok=True)
                 if _permanent(exc):
                     sources.remove(url)
                 continue
@@ -453,9 +465,7 @@ def extract(entry: FileEntry, root: str | Path) -> list[str]:
             final.parent.mkdir(parents=True, exist_ok=True)
             sizes[relative] = (staging / name).stat().st_size
             os.replace(staging / name, final)
-        record = _record_path(root, entry)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"sha256": entry.sha256, "files": sizes}))
+        _write_record(root, entry.path, entry.sha256, sizes)
         return sorted(sizes)
     except OSError as exc:
         raise _disk_error(exc, staging) from None
@@ -517,16 +527,22 @@ def fetch_images(images: ImageSet, root: str | Path, options: Options | None = N
     """Download each listed image not yet in place; returns how many were downloaded.
 
     No checksum exists for single COCO images: each must decode and have the annotated width and height.
-    A file at its final path was checked before it was renamed there, so a rerun skips it.
+    A file at its final path was checked before it was renamed there, so a rerun skips it; once all are
+    in place a record spares the next run from reading the (large) annotation file.
     """
     options = options or Options()
     root = Path(root)
     folder = root / images.to
+    ids_file = root / images.ids
+    version = sha256_of(ids_file) if ids_file.is_file() else ""
+    if version and _record_holds(root, images.to, version):
+        return 0
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _disk_error(exc, folder) from None
-    todo = [info for info in _wanted_images(images, root) if not (folder / str(info["file_name"])).is_file()]
+    wanted = _wanted_images(images, root)
+    todo = [info for info in wanted if not (folder / str(info["file_name"])).is_file()]
     fetched = 0
     for info in tqdm(
         todo, desc=images.to, unit="img", disable=None if options.progress else True, leave=False
@@ -563,6 +579,8 @@ def fetch_images(images: ImageSet, root: str | Path, options: Options | None = N
             part.unlink(missing_ok=True)
             raise _disk_error(exc, folder / name) from None
         fetched += 1
+    names = [posixpath.join(images.to, str(info["file_name"])) for info in wanted]
+    _write_record(root, images.to, version, {name: (root / name).stat().st_size for name in names})
     return fetched
 
 
