@@ -291,7 +291,10 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _ask(question: str) -> bool:
-    return input(question).strip().lower() in ("y", "yes")
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

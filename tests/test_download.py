@@ -243,15 +243,16 @@ def test_unsafe_manifest_paths_are_refused(tmp_path):
         load_manifest(tmp_path / "m.json")
 
 
-def _markdown_checksums(text: str) -> dict[str, tuple[int, str]]:
-    """{file name: (bytes, sha256)} from the tables of DATA-SOURCES.md."""
+def _markdown_checksums(text: str) -> dict[str, tuple[int, str, str | None]]:
+    """{file name: (bytes, sha256, md5 or None)} from the tables of DATA-SOURCES.md."""
     found = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         digests = [c for c in cells if re.fullmatch(r"[0-9a-f]{64}", c)]
+        md5 = next((c for c in cells if re.fullmatch(r"[0-9a-f]{32}", c)), None)
         if len(cells) >= 3 and digests and re.fullmatch(r"[\d,]+", cells[1]):
             name = cells[0].split(" (")[0]
-            found[name] = (int(cells[1].replace(",", "")), digests[0])
+            found[name] = (int(cells[1].replace(",", "")), digests[0], md5)
     return found
 
 
@@ -266,9 +267,9 @@ def test_shipped_manifests_carry_the_checksums_of_data_sources():
         for entry in load_manifest(name).files:
             url = entry.urls[0]
             key = next(k for k in table if url.endswith("/" + k))
-            assert (entry.bytes, entry.sha256) == table[key], entry.path
+            assert (entry.bytes, entry.sha256, entry.md5) == table[key], entry.path
             checked += 1
-    assert checked == 6
+    assert checked == 6 and sum(1 for *_, md5 in table.values() if md5) == 5
 
 
 def test_shipped_split_checksums_match_the_official_files():
