@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -37,7 +38,8 @@ from capnet.data.records import DataError, one_line, summarize
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 STATE_DIR = ".capnet"  # under the root: extraction records and the staging area
-USER_AGENT = f"capnet/{__version__} (+https://github.com/capnet)"
+USER_AGENT = f"capnet/{__version__}"
+MAX_IMAGE_BYTES = 50 << 20  # a single COCO image is well under 1 MB
 
 
 class DownloadError(DataError):
@@ -106,6 +108,7 @@ class Options:
     timeout: float = 60.0
     chunk: int = 1 << 20
     progress: bool = True
+    workers: int = 8  # single images fetched at once
 
 
 # ------------------------------------------------------------------------------------------ manifests
@@ -523,8 +526,43 @@ def _wanted_images(images: ImageSet, root: Path) -> list[dict[str, Any]]:
     return [by_id[int(i)] for i in ids]
 
 
+def _fetch_image(info: dict[str, Any], images: ImageSet, folder: Path, options: Options) -> None:
+    """One image, tried at each source in turn (then again after a back-off), checked, then renamed."""
+    name = str(info["file_name"])
+    failures: dict[str, str] = {}
+    for attempt in range(options.retries + 1):
+        if attempt:
+            time.sleep(options.backoff * 2 ** (attempt - 1))
+        for url in _image_sources(info, images):
+            try:
+                request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+                with urllib.request.urlopen(request, timeout=options.timeout) as resp:
+                    body = resp.read(MAX_IMAGE_BYTES + 1)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                failures[url] = _describe(exc)
+                continue
+            problem = (
+                f"is over {MAX_IMAGE_BYTES >> 20} MB"
+                if len(body) > MAX_IMAGE_BYTES
+                else _checked_image(body, int(info["width"]), int(info["height"]))
+            )
+            if problem is not None:
+                failures[url] = f"the image {problem}"
+                continue
+            part = folder / f"{name}.part"
+            try:
+                part.write_bytes(body)
+                os.replace(part, folder / name)
+            except OSError as exc:
+                part.unlink(missing_ok=True)
+                raise _disk_error(exc, folder / name) from None
+            return
+    tried = [f"{url} ({why})" for url, why in failures.items()]
+    raise DownloadError(f"could not download the image {name}: {summarize(tried, 3)}")
+
+
 def fetch_images(images: ImageSet, root: str | Path, options: Options | None = None) -> int:
-    """Download each listed image not yet in place; returns how many were downloaded.
+    """Download each listed image not yet in place, a few at a time; returns how many were downloaded.
 
     No checksum exists for single COCO images: each must decode and have the annotated width and height.
     A file at its final path was checked before it was renamed there, so a rerun skips it; once all are
@@ -543,45 +581,20 @@ def fetch_images(images: ImageSet, root: str | Path, options: Options | None = N
         raise _disk_error(exc, folder) from None
     wanted = _wanted_images(images, root)
     todo = [info for info in wanted if not (folder / str(info["file_name"])).is_file()]
-    fetched = 0
-    for info in tqdm(
-        todo, desc=images.to, unit="img", disable=None if options.progress else True, leave=False
-    ):
-        name = str(info["file_name"])
-        failures: dict[str, str] = {}
-        for attempt in range(options.retries + 1):
-            if attempt:
-                time.sleep(options.backoff * 2 ** (attempt - 1))
-            data = None
-            for url in _image_sources(info, images):
-                try:
-                    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-                    with urllib.request.urlopen(request, timeout=options.timeout) as resp:
-                        body = resp.read()
-                except (OSError, http.client.HTTPException, ValueError) as exc:
-                    failures[url] = _describe(exc)
-                    continue
-                problem = _checked_image(body, int(info["width"]), int(info["height"]))
-                if problem is None:
-                    data = body
-                    break
-                failures[url] = f"the image {problem}"
-            if data is not None:
-                break
-        else:
-            tried = [f"{url} ({why})" for url, why in failures.items()]
-            raise DownloadError(f"could not download the image {name}: {summarize(tried, 3)}")
-        part = folder / f"{name}.part"
+    bar = tqdm(total=len(todo), desc=images.to, unit="img", disable=None if options.progress else True)
+    with bar, ThreadPoolExecutor(max_workers=options.workers) as pool:
+        jobs = [pool.submit(_fetch_image, info, images, folder, options) for info in todo]
         try:
-            part.write_bytes(data)
-            os.replace(part, folder / name)
-        except OSError as exc:
-            part.unlink(missing_ok=True)
-            raise _disk_error(exc, folder / name) from None
-        fetched += 1
+            for job in as_completed(jobs):
+                job.result()
+                bar.update(1)
+        except BaseException:
+            for job in jobs:
+                job.cancel()  # those not started; running ones finish their one image
+            raise
     names = [posixpath.join(images.to, str(info["file_name"])) for info in wanted]
     _write_record(root, images.to, version, {name: (root / name).stat().st_size for name in names})
-    return fetched
+    return len(todo)
 
 
 # ------------------------------------------------------------------------------------------ the plan
