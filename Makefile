@@ -6,7 +6,7 @@ STAMP := $(VENV)/.capnet-installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install test lint app bench pretrain ablation clean
+.PHONY: install test lint app bench pretrain ablation reproduce clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,3 +46,10 @@ ablation: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# The paper's protocol on real data (needs internet; a GPU for a run of minutes rather than hours):
+# fetch DATASET (voc-lt or coco-lt) checksum-verified into data/, train, evaluate, serve the checkpoint.
+# REPRODUCE_ARGS passes options through, e.g. REPRODUCE_ARGS="--yes --set train.seed=1".
+DATASET ?= voc-lt
+reproduce: $(STAMP)
+	$(PY) -m capnet.cli reproduce $(DATASET) $(REPRODUCE_ARGS)

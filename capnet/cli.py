@@ -250,6 +250,99 @@ def cmd_build_lt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from capnet.data.download import Options, fetch, format_plan, load_manifest, plan
+
+    manifest = load_manifest(args.manifest or args.dataset)
+    if args.dry_run:
+        print(format_plan(plan(manifest, args.root, args.mirror), args.format))
+        return 0
+    summary = fetch(manifest, args.root, args.mirror, Options(retries=args.retries, backoff=args.backoff))
+    print(json.dumps(summary, indent=1) if args.format == "json" else _fetched_text(summary))
+    return 0
+
+
+def _fetched_text(summary: dict[str, Any]) -> str:
+    if not summary["downloaded"] and not summary["extracted"] and not summary["images"]:
+        return f"{summary['dataset']}: everything in {summary['root']} is already verified; nothing to do"
+    return (
+        f"{summary['dataset']}: downloaded {len(summary['downloaded'])} files and "
+        f"{summary['images']} images, extracted {len(summary['extracted'])} archives into {summary['root']}"
+    )
+
+
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    """`capnet data fetch`: checksum-verified downloads of the benchmark datasets."""
+    from capnet.data.download import shipped_manifests
+
+    data = sub.add_parser("data", help="download the benchmark datasets (checksum-verified)")
+    actions = data.add_subparsers(dest="data_command", required=True)
+    p = actions.add_parser("fetch", help="fetch, verify and extract a dataset (resumes; reruns do nothing)")
+    p.add_argument("dataset", choices=shipped_manifests())
+    p.add_argument("--root", default="data", help="folder the dataset goes into (default: data)")
+    p.add_argument(
+        "--mirror", action="append", default=[], metavar="URL", help="a base URL tried first (repeatable)"
+    )
+    p.add_argument("--manifest", help="a manifest file replacing the shipped one")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; open no connection")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--retries", type=int, default=3, help="rounds over all sources after the first")
+    p.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry (doubles)")
+    p.set_defaults(func=cmd_data_fetch)
+
+
+def _ask(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from capnet.data.download import Options, load_manifest
+    from capnet.reproduce import reproduce
+
+    manifest = load_manifest(args.manifest or args.dataset)
+    cfg = load_run_config(args.config or manifest.config, args.set)
+    result = reproduce(
+        manifest,
+        args.root,
+        cfg,
+        out_dir=args.out,
+        checkpoints_dir=args.checkpoints,
+        mirrors=args.mirror,
+        options=Options(retries=args.retries, backoff=args.backoff),
+        yes=args.yes,
+        ask=_ask if sys.stdin is not None and sys.stdin.isatty() else None,
+        say=lambda line: print(line, file=sys.stderr),
+    )
+    if result is None:
+        return 1
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    """`capnet reproduce`: fetch, train with the paper's protocol, evaluate, serve the checkpoint."""
+    from capnet.data.download import shipped_manifests
+
+    p = sub.add_parser("reproduce", help="fetch a benchmark, train and evaluate with the paper's protocol")
+    p.add_argument("dataset", choices=shipped_manifests())
+    p.add_argument("--root", default="data", help="folder the dataset goes into (default: data)")
+    p.add_argument("--config", help="run config (default: the dataset's, e.g. configs/voc_lt.yaml)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)"
+    )
+    p.add_argument("--out", help="run folder (default: train.out_dir/name)")
+    p.add_argument("--checkpoints", default="checkpoints", help="where the app looks for checkpoints")
+    p.add_argument("--mirror", action="append", default=[], metavar="URL", help="a base URL tried first")
+    p.add_argument("--manifest", help="a manifest file replacing the shipped one")
+    p.add_argument("--retries", type=int, default=3)
+    p.add_argument("--backoff", type=float, default=2.0)
+    p.add_argument("--yes", action="store_true", help="do not ask before a long CPU run")
+    p.set_defaults(func=cmd_reproduce)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-ids", required=True, help="id list to write (one image id per line)")
     p.add_argument("--out-json", help="class counts and groups (default: next to the id list)")
     p.set_defaults(func=cmd_build_lt)
+
+    add_data_parser(sub)
+    add_reproduce_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ from capnet.data.formats import (
     read_id_list,
     read_list_file,
     read_nus_wide,
+    read_nus_wide_csv,
     read_voc,
 )
 from capnet.data.records import DataError, Records
@@ -23,5 +24,6 @@ __all__ = [
     "read_id_list",
     "read_list_file",
     "read_nus_wide",
+    "read_nus_wide_csv",
     "read_voc",
 ]

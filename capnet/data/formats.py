@@ -239,6 +239,81 @@ def read_nus_wide(root: str | Path, split: str = "Train") -> Records:
     )
 
 
+ASL_SPLITS = {"train": "train", "val": "val", "test": "val"}
+
+
+def _asl_label_cell(cell: str) -> list[str] | None:
+    """``"['clouds', 'sky']"`` -> ``['clouds', 'sky']`` (read as text, never evaluated); None if malformed."""
+    text = cell.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    names = [part.strip().strip("'\"").strip() for part in text[1:-1].split(",")]
+    return [name for name in names if name]
+
+
+def read_nus_wide_csv(
+    path: str | Path, image_root: str | Path, split: str = "train", class_names: Sequence[str] | None = None
+) -> Records:
+    """NUS-WIDE as released with ASL (Ridnik et al., 2021): one CSV, ``filepath,label,split_name``.
+
+    ``label`` is a bracketed list of quoted concept names (``['clouds', 'sky']``; ``[]`` for none),
+    ``split_name`` is ``train`` or ``val`` (``split="test"`` reads ``val``). The classes are
+    ``class_names`` when given, else the sorted names seen anywhere in the file (both splits, so that
+    train and test share one order; 81 in the ASL release). ``image_id`` is the file path as written;
+    the image is ``image_root / filepath``. A leading unnamed index column (pandas) is ignored.
+    """
+    csv_path = Path(path)
+    wanted = ASL_SPLITS.get(str(split).lower())
+    if wanted is None:
+        raise DataError(f"NUS-WIDE CSV split must be 'train' or 'val' ('test'), not {split!r}")
+    rows = list(csv.reader(io.StringIO(_read_text(csv_path, "NUS-WIDE CSV"), newline="")))
+    header = [field.strip() for field in rows[0]] if rows else []
+    if not {"filepath", "label", "split_name"} <= set(header):
+        raise DataError(f"{csv_path}: the header must name filepath, label and split_name, found {header}")
+    col = {name: header.index(name) for name in ("filepath", "label", "split_name")}
+    entries: list[tuple[int, str, list[str], str]] = []
+    problems: list[str] = []
+    for number, row in enumerate(rows[1:], 2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < len(header):
+            problems.append(f"line {number}: {len(row)} fields for {len(header)} columns")
+            continue
+        names = _asl_label_cell(row[col["label"]])
+        split_name = row[col["split_name"]].strip().lower()
+        relative = row[col["filepath"]].strip().replace("\\", "/")
+        if names is None:
+            problems.append(f"line {number}: label {one_line(row[col['label']])!r} is not a [...] list")
+        elif split_name not in ("train", "val"):
+            problems.append(f"line {number}: split_name {split_name!r} is neither train nor val")
+        elif not relative:
+            problems.append(f"line {number}: no filepath")
+        else:
+            entries.append((number, relative, names, split_name))
+    if problems:
+        raise DataError(f"{csv_path}: {len(problems)} malformed rows: {summarize(problems)}")
+    if class_names is None:
+        classes = sorted({name for _, _, names, _ in entries for name in names})
+    else:
+        classes = list(class_names)
+        unknown = sorted({name for _, _, names, _ in entries for name in names} - set(classes))
+        if unknown:
+            raise DataError(
+                f"{csv_path}: {len(unknown)} labels are not among the classes: {summarize(unknown)}"
+            )
+    chosen = [entry for entry in entries if entry[3] == wanted]
+    image_root = Path(image_root)
+    paths = [image_root / relative for _, relative, _, _ in chosen]
+    _reject_repeated_paths(paths, csv_path)
+    column = {name: c for c, name in enumerate(classes)}
+    labels = np.zeros((len(chosen), len(classes)), dtype=np.uint8)
+    for r, (_, _, names, _) in enumerate(chosen):
+        labels[r, [column[name] for name in names]] = 1
+    return Records(
+        class_names=classes, image_ids=[relative for _, relative, _, _ in chosen], paths=paths, labels=labels
+    )
+
+
 # ------------------------------------------------------------------------------ list / CSV / id files
 
 

@@ -12,6 +12,7 @@ from capnet.data.formats import (
     read_id_list,
     read_list_file,
     read_nus_wide,
+    read_nus_wide_csv,
     read_voc,
 )
 from capnet.data.records import DataError, Records
@@ -44,6 +45,8 @@ def load_split(cfg: DataConfig, split: str) -> Records:
     elif cfg.format == "coco":
         name = spec or ("train2017" if split == "train" else "val2017")
         records = read_coco(root / "annotations" / f"instances_{name}.json", root / name)
+    elif cfg.format == "nus_wide" and spec.lower().endswith(".csv"):  # the ASL release: one CSV
+        records = read_nus_wide_csv(root / spec, root, split, _class_names(cfg))
     elif cfg.format == "nus_wide":
         records = read_nus_wide(root, spec or ("Train" if split == "train" else "Test"))
     elif cfg.format == "list":
