@@ -170,14 +170,15 @@ def test_occlusion_map_equals_hiding_each_cell_by_hand(tiny_backbone, arch):
     grid, fill = 3, -0.5  # 32 pixels in three cells: rows 0-10, 11-20, 21-31
     drops, logits = occlusion_maps(model, x, ["dog", "horse"], grid=grid, fill=fill, batch_size=4)
     assert drops.shape == (1, 2, 3, 3)
-    base = model.predict(x)[0]
+    base = torch.sigmoid(model.predict_logits(x)[0].double())
     edges = [0, 11, 21, 32]
     for r in range(3):
         for c in range(3):
             hidden = x.clone()
             hidden[:, :, edges[r] : edges[r + 1], edges[c] : edges[c + 1]] = fill
-            p = model.predict(hidden)[0]
+            p = torch.sigmoid(model.predict_logits(hidden)[0].double())
             torch.testing.assert_close(drops[0, :, r, c], (base - p)[[1, 2]], atol=1e-6, rtol=1e-5)
+    assert drops.abs().max() > 1e-4  # the cells really change the probabilities
     torch.testing.assert_close(logits, model.predict_logits(x))
 
 
@@ -286,3 +287,11 @@ def test_fast_and_occlusion_maps_agree(world_maps):
         for i, o in enumerate(objects)
     ]
     assert np.nanmean(rhos) >= 0.1
+
+
+def test_relative_fast_map_subtracts_the_mean_over_classes(tiny_backbone):
+    model = _model(tiny_backbone())
+    x = _images(model)
+    raw, _ = fast_maps(model, x)
+    relative, _ = fast_maps(model, x, ["dog"], relative=True)
+    torch.testing.assert_close(relative[:, 0], raw[:, 1] - raw.mean(dim=1), atol=1e-6, rtol=1e-6)

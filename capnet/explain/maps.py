@@ -45,6 +45,7 @@ from capnet.model import CapNet
 
 METHODS = {
     "fast": "cosine of each patch's feature to the class feature (one forward pass)",
+    "fast_relative": "that cosine minus the patch's mean cosine over all classes (one forward pass)",
     "occlusion": "drop in the class probability when the cell is hidden",
 }
 VIT_MODES = ("value", "maskclip")
@@ -189,15 +190,29 @@ def class_indices(model: CapNet, classes: Sequence[int | str] | None) -> list[in
 
 @torch.no_grad()
 def fast_maps(
-    model: CapNet, images: torch.Tensor, classes: Sequence[int | str] | None = None, *, mode: str = "value"
+    model: CapNet,
+    images: torch.Tensor,
+    classes: Sequence[int | str] | None = None,
+    *,
+    mode: str = "value",
+    relative: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K, h, w) patch-to-class cosines and the (B, C) logits, both from the same forward pass."""
+    """(B, K, h, w) patch-to-class cosines and the (B, C) logits, both from the same forward pass.
+
+    ``relative``: subtract each patch's mean cosine over all the model's classes. Raw cosines mark where
+    there is an object more than which one; the relative map tells objects apart but loses the object
+    against the background. Measured on the synthetic world: on two-object scenes a class's map was
+    denser on its own object than on the other in 69 % of cases raw, 81 % relative; on single-object
+    scenes it put more mass on the object than a uniform map in 100 % of scenes raw, 60 % relative.
+    """
     idx = class_indices(model, classes)
     dense = dense_features(model, images, mode=mode)
-    class_features = model.cached_class_features()
+    class_features = model.cached_class_features().float()
     logits = model.score(dense.image, class_features)
-    maps = torch.einsum("bhwe,ke->bkhw", dense.patches, class_features[idx].float())
-    return maps, logits
+    cosines = torch.einsum("bhwe,ke->bkhw", dense.patches, class_features)
+    if relative:
+        cosines = cosines - cosines.mean(dim=1, keepdim=True)
+    return cosines[:, idx], logits
 
 
 def cell_bounds(size: int, cells: int) -> list[tuple[int, int]]:
@@ -216,16 +231,17 @@ def occlusion_maps(
     fill: float = 0.0,
     batch_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K, grid, grid) probability drops and the (B, C) logits of the unoccluded images."""
+    """(B, K, grid, grid) probability drops (float64) and the (B, C) logits of the unoccluded images."""
     if not 1 <= grid <= MAX_OCCLUSION_GRID:
         raise ValueError(f"the occlusion grid must lie in [1, {MAX_OCCLUSION_GRID}], got {grid}")
     idx = class_indices(model, classes)
     images = images.to(model.device)
     logits = model.predict_logits(images)
-    base = torch.sigmoid(logits[:, idx])
+    # float64: a saturated class (p = 1 - 1e-9) still shows which cells lower it, instead of float32 noise
+    base = torch.sigmoid(logits[:, idx].double()).cpu()
     rows, cols = cell_bounds(images.shape[2], grid), cell_bounds(images.shape[3], grid)
     cells = [(r, c) for r in range(grid) for c in range(grid)]
-    drops = torch.empty(images.shape[0], len(idx), grid, grid)
+    drops = torch.empty(images.shape[0], len(idx), grid, grid, dtype=torch.float64)
     for b, image in enumerate(images):
         for start in range(0, len(cells), batch_size):
             chunk = cells[start : start + batch_size]
@@ -233,9 +249,9 @@ def occlusion_maps(
             for k, (r, c) in enumerate(chunk):
                 (y0, y1), (x0, x1) = rows[r], cols[c]
                 hidden[k, :, y0:y1, x0:x1] = fill
-            probs = torch.sigmoid(model.predict_logits(hidden)[:, idx]).cpu()
+            probs = torch.sigmoid(model.predict_logits(hidden)[:, idx].double()).cpu()
             for k, (r, c) in enumerate(chunk):
-                drops[b, :, r, c] = base[b].cpu() - probs[k]
+                drops[b, :, r, c] = base[b] - probs[k]
     return drops, logits
 
 
@@ -258,14 +274,15 @@ def evidence_maps(
 ) -> tuple[Image.Image, list[EvidenceMap]]:
     """Maps of ``classes`` (all when None) on one PIL image, and the view they are drawn on.
 
-    ``grid`` and ``fill`` are the occlusion map's; ``mode`` is the fast map's (see the module docstring).
+    ``method``: "fast", "fast_relative" (``fast_maps(..., relative=True)``) or "occlusion"; ``grid`` and
+    ``fill`` are the occlusion map's, ``mode`` the fast map's (see the module docstring).
     """
     if method not in METHODS:
         raise ValueError(f"unknown map method '{method}' (choose from {sorted(METHODS)})")
     idx = class_indices(model, classes)
     view, tensor = model_view(model, image)
-    if method == "fast":
-        maps, logits = fast_maps(model, tensor, idx, mode=mode)
+    if method.startswith("fast"):
+        maps, logits = fast_maps(model, tensor, idx, mode=mode, relative=method == "fast_relative")
     else:
         maps, logits = occlusion_maps(model, tensor, idx, grid=grid, fill=fill)
     logits = logits[0].cpu()
