@@ -205,6 +205,7 @@ def test_evidence_maps_of_a_pil_image_are_json_ready(tiny_backbone, method):
     assert m.class_name == "dog" and m.probability == pytest.approx(expected, abs=1e-6)
     record = json.loads(json.dumps(m.to_dict()))
     assert record["grid_shape"] == [4, 4] and len(record["grid"]) == 4 and record["method"] == method
+    assert record["view_size"] == 32 and record["grid"][1][2] == pytest.approx(m.grid[1, 2], abs=1e-6)
     picture = overlay(view, m.grid, title="dog")
     assert picture.mode == "RGB" and picture.height > 256
 

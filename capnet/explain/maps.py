@@ -76,6 +76,7 @@ class EvidenceMap:
     grid: np.ndarray  # (h, w) float
     probability: float
     logit: float
+    view_size: int | None = None  # pixels per side of the centred square crop the grid covers
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the grid as nested lists (row 0 is the top of the model's view)."""
@@ -85,6 +86,7 @@ class EvidenceMap:
             "meaning": METHODS[self.method],
             "probability": float(self.probability),
             "logit": float(self.logit),
+            "view_size": self.view_size,
             "grid_shape": list(self.grid.shape),
             "grid": [[round(float(v), 6) for v in row] for row in self.grid],
         }
@@ -293,6 +295,7 @@ def evidence_maps(
             grid=maps[0, k].cpu().numpy().astype(np.float64),
             probability=float(torch.sigmoid(logits[c])),
             logit=float(logits[c]),
+            view_size=view.width,
         )
         for k, c in enumerate(idx)
     ]
