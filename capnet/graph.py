@@ -6,7 +6,7 @@ has a meaningless co-occurrence row), while the text embeddings of class names e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,17 @@ class LabelGraph:
     weights: torch.Tensor  # (C, C) symmetric, zero diagonal: weight of each kept edge
     adjacency: torch.Tensor  # (C, C) re-weighted and symmetrically normalised, what the GCN multiplies by
     class_names: list[str]
+    p: float = 0.2  # the re-weighting ``adjacency`` was normalised with
+
+    def without_edges(self, pairs: Iterable[tuple[int, int]]) -> LabelGraph:
+        """The graph with these edges dropped (both directions), renormalised exactly as it was built."""
+        weights = self.weights.clone()
+        for i, j in pairs:
+            weights[i, j] = weights[j, i] = 0.0
+        return LabelGraph(weights, normalise(weights, self.p), self.class_names, self.p)
+
+    def neighbours(self, c: int) -> list[int]:
+        return [int(j) for j in torch.nonzero(self.weights[c] > 0).flatten()]
 
     @property
     def edges(self) -> torch.Tensor:
@@ -109,7 +120,7 @@ def text_graph(
     """The CAPNET graph: cosine similarity of the classes' (template-ensembled) text embeddings."""
     feats = F.normalize(text_features.detach().float().cpu(), dim=-1)
     weights = sparsify(feats @ feats.T, mode=mode, topk=topk, threshold=threshold)
-    return LabelGraph(weights, normalise(weights, p), list(class_names))
+    return LabelGraph(weights, normalise(weights, p), list(class_names), p)
 
 
 def cooccurrence_graph(
@@ -126,4 +137,4 @@ def cooccurrence_graph(
     counts = y.T @ y
     cond = counts / counts.diagonal().clamp(min=1)[:, None]
     weights = sparsify(torch.maximum(cond, cond.T), mode=mode, topk=topk, threshold=threshold)
-    return LabelGraph(weights, normalise(weights, p), list(class_names))
+    return LabelGraph(weights, normalise(weights, p), list(class_names), p)

@@ -351,3 +351,25 @@ def test_cooccurrence_graph_topk():
     np.testing.assert_allclose(graph.weights.double().numpy(), want, atol=1e-6)
     # explicit: max(P(1|0), P(0|1)) = 3/4 is class 0's strongest link
     assert graph.weights[0, 1].item() == pytest.approx(0.75)
+
+
+# ----------------------------------------------------------------------------- edge removal
+
+
+@pytest.mark.parametrize("p", [0.2, 0.6])
+def test_without_edges_renormalises_like_the_loop_reference(p):
+    feats = two_cluster_features()
+    graph = text_graph(torch.tensor(feats, dtype=torch.float32), NAMES, mode="topk", topk=2, p=p)
+    assert graph.p == p
+    np.testing.assert_allclose(graph.without_edges([]).adjacency.numpy(), graph.adjacency.numpy(), atol=1e-7)
+    i, j = 0, graph.neighbours(0)[0]
+    dropped = graph.without_edges([(j, i)])  # either direction drops both
+    w = graph.weights.double().numpy().copy()
+    w[i, j] = w[j, i] = 0.0
+    np.testing.assert_allclose(dropped.weights.numpy(), w, atol=0)
+    np.testing.assert_allclose(dropped.adjacency.double().numpy(), ref_normalise(w, p), atol=1e-6)
+    assert j not in dropped.neighbours(i) and i not in dropped.neighbours(j)
+    assert graph.weights[i, j] > 0  # the original graph is untouched
+    everything = [(a, b) for a in range(8) for b in graph.neighbours(a)]
+    np.testing.assert_allclose(graph.without_edges(everything).adjacency.numpy(), np.eye(8), atol=0)
+    assert graph.neighbours(7) == []  # the loner
