@@ -183,6 +183,21 @@ def folder_reference(directory: str | Path, *, max_images: int = MAX_REFERENCE_I
     return ReferenceSet(f"folder {directory}", f"folder:{digest.hexdigest()}", tuple(files), load_image)
 
 
+def choose_reference(
+    folder: str | Path | None = None, scenes: Callable[[], Sequence[Image.Image]] | None = None
+) -> ReferenceSet:
+    """The rule the app and the command line share, so that they agree on every image.
+
+    The user's folder (``--calibrate-on DIR``) first, else the synthetic world's scenes when the caller
+    serves the world's model (it passes ``scenes``), else scikit-image's photos.
+    """
+    if folder is not None:
+        return folder_reference(folder)
+    if scenes is not None:
+        return ReferenceSet.of_images("synthetic-world scenes", scenes())
+    return skimage_reference()
+
+
 @dataclass
 class ReferenceFeatures:
     """Normalised image features (N, D) of a reference set, and what it took to get them."""

@@ -16,6 +16,7 @@ from capnet.calibration import (
     ReferenceFeatures,
     ReferenceSet,
     calibrate_zero_shot,
+    choose_reference,
     flat_prior,
     folder_reference,
     reference_features,
@@ -155,6 +156,11 @@ def test_a_folder_with_a_corrupt_file_and_a_non_image(tiny_backbone, tmp_path):
         "1 unreadable file(s) skipped, prior 0.40"
     )
 
+    scenes = choose_reference(folder, scenes=lambda: _images(2, seed=9))  # the user's folder comes first
+    assert scenes.identity == reference.identity
+    scenes = choose_reference(scenes=lambda: _images(2, seed=9))
+    assert scenes.name == "synthetic-world scenes" and len(scenes.items) == 2
+
     _images(1, seed=5)[0].save(folder / "good1.png")  # an edited file: new identity
     assert folder_reference(folder).identity != reference.identity
     assert [p.name for p in folder_reference(folder, max_images=2).items] == ["broken.jpg", "good2.png"]
@@ -181,6 +187,8 @@ def test_skimage_photos_whole_and_in_quarters(monkeypatch):
     assert np.array_equal(quarter, data.astronaut()[256:, 256:])
     grey = reference.open(("camera", "top-left"))
     assert grey.mode == "RGB" and grey.size == (256, 256)
+
+    assert choose_reference().identity == reference.identity
 
     monkeypatch.setitem(sys.modules, "skimage", None)
     with pytest.raises(CalibrationError, match="needs scikit-image"):
