@@ -12,6 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Beyond this many pixels an upload is refused before it is decoded (a 100-megapixel PNG is 300 MB in RGB).
 DEFAULT_MAX_PIXELS = 40_000_000
+# What counts as an image file when a folder is read.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 class ImageError(ValueError):
