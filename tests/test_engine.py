@@ -166,6 +166,7 @@ def test_feature_cache_is_reused_and_keyed(tmp_path, monkeypatch):
     def build(seed: int = 0) -> Trainer:
         cfg = run_config(tmp_path, data, epochs=2)
         cfg["model"]["adapter"]["kind"] = "none"
+        cfg["model"]["backbone"]["init_seed"] = seed
         rc = from_dict(RunConfig, cfg)
         pool = load_split(rc.data, "train")
         torch.manual_seed(seed)
