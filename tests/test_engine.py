@@ -334,3 +334,11 @@ def test_plain_random_cut_would_miss_rare_classes():
     for seed in range(20):
         val = split_validation(pool, 0.2, seed)[1]
         assert (val.labels.sum(0)[counts >= 2] > 0).all()
+
+
+def test_a_validation_split_without_any_score_keeps_the_last_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"val_total": None})
+    trainer = _trainer(tmp_path, "run", epochs=2)
+    _, meta = _checkpoint_tensors(trainer.fit())
+    assert meta["kept"]["epoch"] == 2
+    assert meta["kept"]["reason"] == "last epoch (the validation split gave no mAP)"
