@@ -6,7 +6,21 @@ STAMP := $(VENV)/.capnet-installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install test lint app bench pretrain ablation reproduce clean
+.PHONY: help install test lint app bench pretrain ablation reproduce clean
+
+help:
+	@echo "make targets (each sets up .venv first when needed):"
+	@echo "  install   create .venv and install capnet with its dev extras"
+	@echo "  test      lint, then the whole test suite (browser tests need chromium)"
+	@echo "  lint      ruff check and format check"
+	@echo "  app       start the Gradio app on http://localhost:7860"
+	@echo "  bench     benchmarks against bare open_clip (BENCH_ARGS passes options)"
+	@echo "  pretrain  retrain the tiny CLIP into runs/pretrain/ (PRETRAIN_OUT=checkpoints/capnet-synth.safetensors"
+	@echo "            replaces the shipped file that the tests guard)"
+	@echo "  ablation  the Synth-LT ablation into runs/ablation"
+	@echo "  reproduce fetch DATASET=voc-lt|coco-lt, train with the paper's protocol, evaluate, serve"
+	@echo "            (REPRODUCE_ARGS passes options, e.g. --yes)"
+	@echo "  clean     remove .venv and caches"
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +53,7 @@ bench: $(STAMP)
 
 # The synthetic world: retrain the shipped tiny CLIP (about 20 minutes on two CPU cores), run the ablation.
 pretrain: $(STAMP)
-	$(PY) -m capnet.world.pretrain --out checkpoints/capnet-synth.safetensors --minutes 20
+	$(PY) -m capnet.world.pretrain --out $(or $(PRETRAIN_OUT),runs/pretrain/capnet-synth.safetensors) --minutes 20
 
 ablation: $(STAMP)
 	$(PY) -m capnet.world.ablation --out runs/ablation

@@ -1,35 +1,48 @@
-"""capnet: long-tailed multi-label image recognition with CLIP (the CAPNET method)."""
+"""capnet: long-tailed multi-label image recognition with CLIP (the CAPNET method).
 
-from capnet._version import __version__
-from capnet.adapters import parameter_report
-from capnet.backbone import Backbone, WeightsUnavailableError, load_backbone, select_device
-from capnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from capnet.config import ModelConfig, load_config
-from capnet.graph import LabelGraph, cooccurrence_graph, text_graph
-from capnet.losses import build_loss
-from capnet.metrics import class_groups, lt_map
-from capnet.model import CapNet
-from capnet.tta import view_transform
+The public names load on first use (PEP 562), so that `import capnet.config` or `capnet --help` does not
+pay for torch and open_clip.
+"""
 
-__all__ = [
-    "Backbone",
-    "CapNet",
-    "CheckpointError",
-    "LabelGraph",
-    "ModelConfig",
-    "WeightsUnavailableError",
-    "__version__",
-    "build_loss",
-    "class_groups",
-    "cooccurrence_graph",
-    "load_backbone",
-    "load_checkpoint",
-    "load_config",
-    "lt_map",
-    "model_from_checkpoint",
-    "parameter_report",
-    "save_checkpoint",
-    "select_device",
-    "text_graph",
-    "view_transform",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from capnet._version import __version__ as __version__
+
+_HOMES = {
+    "parameter_report": "capnet.adapters",
+    "Backbone": "capnet.backbone",
+    "WeightsUnavailableError": "capnet.backbone",
+    "load_backbone": "capnet.backbone",
+    "select_device": "capnet.backbone",
+    "CheckpointError": "capnet.checkpoint",
+    "load_checkpoint": "capnet.checkpoint",
+    "model_from_checkpoint": "capnet.checkpoint",
+    "save_checkpoint": "capnet.checkpoint",
+    "ModelConfig": "capnet.config",
+    "load_config": "capnet.config",
+    "LabelGraph": "capnet.graph",
+    "cooccurrence_graph": "capnet.graph",
+    "text_graph": "capnet.graph",
+    "build_loss": "capnet.losses",
+    "class_groups": "capnet.metrics",
+    "lt_map": "capnet.metrics",
+    "CapNet": "capnet.model",
+    "view_transform": "capnet.tta",
+}
+
+__all__ = sorted([*_HOMES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'capnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

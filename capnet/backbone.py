@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from urllib.parse import urlparse
 
 import open_clip
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from capnet.config import BackboneConfig
@@ -90,20 +92,32 @@ def _cached_file(tag_cfg: dict[str, Any], cache_dir: str | None) -> str | None:
 
 
 def plan_weights(cfg: BackboneConfig, *, probe: Callable[[], bool] = _hub_reachable) -> WeightsPlan:
-    """Decide where the weights come from, failing early and readably when they cannot be had."""
+    """Decide where the weights come from, failing early and readably when they cannot be had.
+
+    A weights file comes from ``weights`` or else the environment variable, with a tag or without one;
+    random weights only when neither a tag nor a file is named (never as a silent fallback).
+    """
     if cfg.name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model '{cfg.name}' (see open_clip.list_models())")
-    local = cfg.weights or (os.environ.get(WEIGHTS_ENV) if cfg.pretrained else None)
-    if local and not Path(local).is_file():
-        raise WeightsUnavailableError(f"weights file not found: {local}")
+    local, named_by = cfg.weights, "weights"
+    if not local and os.environ.get(WEIGHTS_ENV):
+        local, named_by = os.environ[WEIGHTS_ENV], WEIGHTS_ENV
+    if local and not Path(local).expanduser().is_file():
+        raise WeightsUnavailableError(f"weights file not found: {local} (named by {named_by})")
     if not cfg.pretrained:
         quick = bool(cfg.quick_gelu)
-        return WeightsPlan(local, quick, {}, f"local file {local}" if local else "random initialisation")
+        if local:
+            return WeightsPlan(local, quick, {}, f"local file {local}")
+        return WeightsPlan(None, quick, {}, "random initialisation")
 
     tag_cfg = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained)
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(cfg.name)
-        raise ValueError(f"'{cfg.pretrained}' is not a pretrained tag of {cfg.name} (known: {tags})")
+        raise ValueError(
+            f"'{cfg.pretrained}' is not a pretrained tag of {cfg.name} (known: {tags or 'none'}); "
+            "for a local weights file or random weights give no tag: --pretrained none "
+            "(model.backbone.pretrained: null)"
+        )
     quick = tag_cfg.get("quick_gelu", False) if cfg.quick_gelu is None else cfg.quick_gelu
     overrides = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
     if local:
@@ -114,8 +128,8 @@ def plan_weights(cfg: BackboneConfig, *, probe: Callable[[], bool] = _hub_reacha
     if not probe():
         raise WeightsUnavailableError(
             f"{cfg.name} '{cfg.pretrained}' weights are not cached and the model hub cannot be reached: "
-            f"pass a local weights file (weights=PATH, --weights PATH), set {WEIGHTS_ENV}=PATH, "
-            f"go online once so open_clip caches them, or use pretrained=None for random weights"
+            f"pass a local weights file (--weights PATH, model.backbone.weights), set {WEIGHTS_ENV}=PATH, "
+            f"go online once so open_clip caches them, or use random weights (--pretrained none)"
         )
     return WeightsPlan(None, quick, overrides, f"{cfg.pretrained} weights (downloaded)")
 
@@ -176,8 +190,47 @@ class Backbone:
         return float(self.model.logit_scale.exp())
 
 
+class _NoRandomWeightsWarning(logging.Filter):
+    """open_clip warns that no pretrained weights were loaded; for random weights asked for, that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def _shape_mismatch(name: str, path: str) -> str | None:
+    """The first tensor of a safetensors file whose shape or name does not fit architecture ``name``."""
+    if not path.endswith(".safetensors"):
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError):
+        return None
+    expected = {k: tuple(v.shape) for k, v in _random_model(name, 0)[0].state_dict().items()}
+    for key, shape in expected.items():
+        if key in shapes and shapes[key] != shape:
+            return f"{key} is {shapes[key]} in the file, {shape} in {name}"
+    missing = sorted(set(expected) - set(shapes))
+    return f"the file lacks {missing[0]}" if missing else None
+
+
+def _random_model(name: str, seed: int, **kwargs: Any) -> tuple[nn.Module, Any, Callable]:
+    """An open_clip model with random weights drawn from ``seed``, leaving the global random state alone."""
+    quiet = _NoRandomWeightsWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return open_clip.create_model_and_transforms(name, pretrained=None, **kwargs)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 def load_backbone(config: BackboneConfig | None = None, **overrides: Any) -> Backbone:
-    """Build the backbone of ``config`` (fields may be overridden by keyword)."""
+    """Build the backbone of ``config`` (fields may be overridden by keyword).
+
+    Random weights (no tag, no file) are drawn from ``init_seed``: the same tower in every process.
+    """
     cfg = BackboneConfig(**{**(vars(config) if config else {}), **overrides})
     plan = plan_weights(cfg)
     device = select_device(cfg.device)
@@ -190,10 +243,19 @@ def load_backbone(config: BackboneConfig | None = None, **overrides: Any) -> Bac
     else:
         pretrained = None
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.name, pretrained=pretrained, **kwargs
-        )
+        if pretrained is None:
+            model, _, preprocess = _random_model(cfg.name, cfg.init_seed, **kwargs)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                cfg.name, pretrained=pretrained, **kwargs
+            )
     except RuntimeError as exc:  # open_clip wraps download and shape errors alike
+        mismatch = _shape_mismatch(cfg.name, plan.checkpoint) if plan.checkpoint else None
+        if mismatch:
+            raise WeightsUnavailableError(
+                f"{plan.checkpoint} does not hold {cfg.name} weights ({mismatch}): pass weights made for "
+                f"{cfg.name}, or the model these weights belong to"
+            ) from None
         raise WeightsUnavailableError(
             f"could not load {cfg.name} weights: {str(exc).splitlines()[0]}"
         ) from None

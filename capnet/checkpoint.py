@@ -18,8 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from capnet._version import __version__
-from capnet.backbone import frozen_fingerprint, load_backbone
-from capnet.config import ModelConfig, from_dict
+from capnet.backbone import WEIGHTS_ENV, frozen_fingerprint, load_backbone
+from capnet.config import ModelConfig, from_dict, pretrained_tag
 from capnet.model import CapNet
 
 FORMAT = "capnet-checkpoint/1"
@@ -85,7 +85,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _check_matches(model: CapNet, meta: dict[str, Any], name: str) -> None:
-    want = meta["backbone"]
+    want = {"name": meta["backbone"]["name"], "pretrained": pretrained_tag(meta["backbone"]["pretrained"])}
     have = {"name": model.config.backbone.name, "pretrained": model.config.backbone.pretrained}
     if want != have:
         raise CheckpointError(
@@ -98,11 +98,13 @@ def _check_matches(model: CapNet, meta: dict[str, Any], name: str) -> None:
         detail = (
             f"not in the model: {extra}; not in the checkpoint: {missing}" if extra or missing else "order"
         )
-        raise CheckpointError(f"{name} has a different class list ({detail})")
+        raise CheckpointError(
+            f"{name} has a different class list ({detail}); the checkpoint's classes: {meta['class_names']}"
+        )
     if meta.get("backbone_fingerprint") not in (None, frozen_fingerprint(model.clip)):
         raise CheckpointError(
             f"{name} was trained on other {want['name']} weights than the ones loaded "
-            f"(pass the same weights file, or the same pretrained tag)"
+            f"(pass the weights file it was trained with: --weights PATH, or the same pretrained tag)"
         )
 
 
@@ -134,20 +136,44 @@ def load_checkpoint(model: CapNet, path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _recorded_weights(path: Path, config: ModelConfig) -> str | None:
+    """The weights file the checkpoint was trained with, where this machine has it (else None).
+
+    Looked for where it was (an absolute path, or relative to the current folder) and then beside the
+    checkpoint (a shipped checkpoint next to its shipped weights).
+    """
+    recorded = config.backbone.weights
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), path.parent / Path(recorded).name):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
 def model_from_checkpoint(path: str | Path, **backbone_overrides: Any) -> CapNet:
     """Rebuild backbone and model from the metadata, then load the trained tensors.
 
-    ``backbone_overrides`` (weights=..., device=..., cache_dir=...) say where this machine finds the weights.
+    ``backbone_overrides`` (weights=..., device=..., cache_dir=...) say where this machine finds the weights;
+    without ``weights`` the checkpoint's own weights file is used where it is found (then the environment
+    variable). A checkpoint trained on a weights file never falls back to random weights.
     """
+    path = Path(path)
     meta = read_metadata(path)
     config = from_dict(ModelConfig, meta["config"])
     if config.graph.source != "text":
         raise CheckpointError(
-            f"{Path(path).name} uses a co-occurrence graph, which is rebuilt from the training labels: "
+            f"{path.name} uses a co-occurrence graph, which is rebuilt from the training labels: "
             "build CapNet(..., train_labels=...) and call load_checkpoint"
         )
+    weights = backbone_overrides.get("weights") or _recorded_weights(path, config)
+    if not weights and config.backbone.weights and not os.environ.get(WEIGHTS_ENV):
+        raise CheckpointError(
+            f"{path.name} was trained on the weights file {config.backbone.weights}, which is not on this "
+            f"machine: pass it with --weights PATH (or set {WEIGHTS_ENV})"
+        )
     # Paths and devices of the machine that trained it mean nothing here.
-    local = {"weights": None, "device": "auto", "cache_dir": None, **backbone_overrides}
+    local = {"device": "auto", "cache_dir": None, **backbone_overrides, "weights": weights}
     backbone = load_backbone(config.backbone, **local)
     model = CapNet(backbone, meta["class_names"], config, zero_shot=meta["zero_shot"])
     load_checkpoint(model, path)

@@ -1,125 +1,166 @@
-"""The `capnet` command: train, eval, predict and build-lt.
+"""The `capnet` command: train, evaluate and apply CAPNET models from the shell.
 
-Every failure a user can cause (a bad config, missing images, unknown classes, absent weights) ends in
-one line on stderr and exit status 2, never a traceback.
+Every failure a user can cause (a bad config or flag, missing images, unknown classes, absent weights, a
+run folder that cannot be resumed) ends in one line on stderr and exit status 2, never a traceback.
+torch and open_clip load only when a command runs, so `capnet --help` answers at once.
+
+A subcommand is two functions here: ``add_NAME(sub)``, decorated with ``@command``, builds its parser
+with ``subparser(...)`` (summary, description, example) and sets ``func``; ``cmd_NAME(args)`` imports the
+library inside its body, makes one library call and writes the result. Commands are listed in the order
+they are registered; one with subcommands of its own (``capnet world scenes``) adds a nested
+``add_subparsers`` in its ``add_`` function.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import torch
-import yaml
+from capnet._version import __version__
 
-from capnet.backbone import WeightsUnavailableError, load_backbone
-from capnet.checkpoint import CheckpointError, model_from_checkpoint, read_metadata
-from capnet.config import ConfigError, RunConfig, from_dict
-from capnet.data import DataError, Records, check_images
-from capnet.data.longtail import build_longtail, longtail_summary
-from capnet.data.sources import load_split
-from capnet.images import ImageError
-from capnet.labelsets import PRESETS
-from capnet.model import CapNet
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-USER_ERRORS = (
-    ConfigError,
-    DataError,
-    ImageError,
-    CheckpointError,
-    WeightsUnavailableError,
-    FileNotFoundError,
-)
+EPILOG = "Run `capnet COMMAND --help` for a command's options and an example."
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
-def _set(data: dict[str, Any], assignment: str) -> None:
-    key, sep, raw = assignment.partition("=")
-    if not sep:
-        raise ConfigError(f"--set takes key=value, got '{assignment}'")
-    *parents, leaf = key.strip().split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: '{part}' is not a section")
-    node[leaf] = yaml.safe_load(raw)
+def command(
+    add: Callable[[argparse._SubParsersAction], None],
+) -> Callable[[argparse._SubParsersAction], None]:
+    """Register a subcommand: ``add(sub)`` creates its parser and sets ``func`` (returns an exit status)."""
+    COMMANDS.append(add)
+    return add
 
 
-def load_run_config(path: str | None, overrides: list[str]) -> RunConfig:
-    """A YAML run config with `--set section.key=value` overrides applied before validation."""
-    data: dict[str, Any] = {}
-    if path:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    for assignment in overrides:
-        _set(data, assignment)
-    return from_dict(RunConfig, data, where=Path(path).name if path else "config")
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (where there is one); descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
-def _checked(records: Records, skip_bad: bool, what: str) -> Records:
-    records, problems = check_images(records, skip_bad=skip_bad, desc=f"checking {what} images")
-    if problems:
-        print(
-            f"capnet: skipped {len(problems)} unusable {what} image(s), e.g. {problems[0]}", file=sys.stderr
-        )
-    return records
+def subparser(sub: argparse._SubParsersAction, name: str, summary: str, about: str, example: str):
+    """A subcommand's parser with a one-line summary (in `capnet --help`), a description and an example."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{about}\n\nexample:\n  {example}",
+        formatter_class=_Help,
+    )
 
 
-def _init_distributed() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+def _with_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        required=True,
+        help="run config YAML (see configs/); relative paths in it are taken from its folder",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=5 (YAML value; repeatable; "
+        "relative paths from the current folder)",
+    )
 
 
+def _pretrained(value: str) -> str | None:
+    from capnet.config import pretrained_tag
+
+    return pretrained_tag(value)
+
+
+def _percent(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _results_text(results: dict[str, dict[str, Any]]) -> list[str]:
+    names = {"single": "single view", "tta": "test-time ensembling"}
+    return [
+        f"test mAP ({names.get(k, k)}): total {_percent(r['total'])}, head {_percent(r['head'])}, "
+        f"medium {_percent(r['medium'])}, tail {_percent(r['tail'])}"
+        for k, r in results.items()
+    ]
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def _emit(summary: dict[str, Any], lines: list[str], fmt: str) -> None:
+    print(json.dumps(_rounded(summary), indent=1) if fmt == "json" else "\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from capnet.engine.evaluate import evaluate, write_report
-    from capnet.engine.trainer import Distributed, Trainer, split_validation
+    from capnet.config import load_run_config
+    from capnet.engine.run import train_run
 
     cfg = load_run_config(args.config, args.set)
-    _init_distributed()
     out_dir = Path(args.out or Path(cfg.train.out_dir) / cfg.name)
-    pool = _checked(load_split(cfg.data, "train"), cfg.data.skip_bad, "training")
-    train, val = split_validation(pool, cfg.data.val_fraction, cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    if torch.distributed.is_initialized() and torch.cuda.is_available():
-        cfg.model.backbone.device = f"cuda:{torch.cuda.current_device()}"
-    model = CapNet(load_backbone(cfg.model.backbone), pool.class_names, cfg.model, train_labels=train.labels)
-    trainer = Trainer(cfg, model, train, val, out_dir)
-    checkpoint = trainer.fit(resume=args.resume)
-    has_test = bool(cfg.data.test) or cfg.data.format in ("voc", "coco", "nus_wide")
-    if Distributed.from_env().main and not args.no_eval and has_test:
-        test = _checked(load_split(cfg.data, "test"), cfg.data.skip_bad, "test")
-        report, logits = evaluate(
-            model,
-            test,
-            train.class_freq,
-            cfg.eval,
-            num_workers=cfg.data.num_workers,
-            name=cfg.name,
-            extra={"checkpoint": str(checkpoint), "kept": trainer.kept, "config": asdict(cfg)},
-        )
-        path = write_report(report, logits, test, out_dir)
-        print(json.dumps({"checkpoint": str(checkpoint), "report": str(path), **report["results"]}, indent=1))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if args.resume and not (out_dir / "last_state.safetensors").is_file():
+        print(f"capnet: nothing to resume in {out_dir}: starting at epoch 1", file=sys.stderr)
+    result = train_run(cfg, out_dir, resume=args.resume, evaluate_test=not args.no_eval)
+    if not result.main:  # the other ranks of a distributed run stay quiet
+        return 0
+    lines = [f"checkpoint: {result.checkpoint} ({result.kept.get('reason')})", *_results_text(result.results)]
+    if result.report:
+        lines.append(f"report: {result.report}")
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "kept": result.kept,
+        "report": str(result.report) if result.report else None,
+        **result.results,
+    }
+    _emit(summary, lines, args.format)
     return 0
 
 
+@command
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "train",
+        "train CAPNET on a dataset, then evaluate on its test split",
+        "Train CAPNET (prompts, GCN, biases and optionally adapters) for train.epochs epochs, keeping the\n"
+        "best validation epoch (train.keep), then evaluate the kept model on the test split. Each epoch\n"
+        "prints one line (loss, validation mAP); the run folder gets log.jsonl, last_state.safetensors\n"
+        "(for --resume), model.safetensors and the test report.",
+        "capnet train --config configs/synth_lt.yaml --set train.epochs=5 --out runs/try",
+    )
+    _with_config(p)
+    p.add_argument("--out", help="run folder (default: train.out_dir/name from the config)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run folder's last finished epoch (refused if classes, backbone or model differ)",
+    )
+    p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="the final summary's form")
+    p.set_defaults(func=cmd_train)
+
+
+# ----------------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from capnet.checkpoint import CheckpointError, model_from_checkpoint, read_metadata
+    from capnet.config import load_run_config
+    from capnet.data.sources import load_split
     from capnet.engine.evaluate import evaluate, write_report
+    from capnet.engine.run import checked
 
     cfg = load_run_config(args.config, args.set)
     if args.no_tta:
@@ -127,8 +168,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     meta = read_metadata(args.checkpoint)
     if "class_freq" not in meta:
         raise CheckpointError(f"{args.checkpoint} holds no training class counts: train it with capnet train")
-    model = model_from_checkpoint(args.checkpoint, weights=args.weights, device=args.device)
-    test = _checked(load_split(cfg.data, "test"), cfg.data.skip_bad, "test")
+    weights = args.weights or cfg.model.backbone.weights
+    model = model_from_checkpoint(args.checkpoint, weights=weights, device=args.device)
+    test = checked(load_split(cfg.data, "test"), cfg.data.skip_bad, "test")
     report, logits = evaluate(
         model,
         test,
@@ -139,80 +181,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra={"checkpoint": str(args.checkpoint), "kept": meta.get("kept"), "config": asdict(cfg)},
     )
     path = write_report(report, logits, test, args.out)
-    print(json.dumps({"report": str(path), **report["results"]}, indent=1))
+    kept = (meta.get("kept") or {}).get("reason", "epoch not recorded")
+    lines = [f"checkpoint: {args.checkpoint} ({kept})", *_results_text(report["results"]), f"report: {path}"]
+    _emit({"report": str(path), "kept": meta.get("kept"), **report["results"]}, lines, args.format)
     return 0
 
 
-def _image_files(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {raw}")
-    if not files:
-        raise DataError("no image files found in the given paths")
-    return files
+@command
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "eval",
+        "evaluate a checkpoint on a dataset's test split",
+        "Score the test split of the config's data with a trained checkpoint and write report.json,\n"
+        "per_class.csv and scores.csv (the app's dashboard reads them). The backbone weights come from\n"
+        "--weights, else the config's model.backbone.weights, else the file the checkpoint was trained\n"
+        "with, else CAPNET_CLIP_WEIGHTS.",
+        "capnet eval --config configs/synth_lt.yaml --checkpoint runs/synth_lt/model.safetensors "
+        "--out reports/synth_lt",
+    )
+    _with_config(p)
+    p.add_argument("--checkpoint", required=True, help="a model.safetensors written by capnet train")
+    p.add_argument("--out", required=True, help="folder for report.json, per_class.csv, scores.csv")
+    p.add_argument("--name", help="run name shown in reports (default: the config's name)")
+    p.add_argument("--no-tta", action="store_true", help="score single views only (no five-crop ensembling)")
+    p.add_argument("--weights", help="local CLIP weights file (overrides the config's and the checkpoint's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="the summary's form")
+    p.set_defaults(func=cmd_eval)
 
 
+# -------------------------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    from capnet.engine.evaluate import score_records
+    from capnet.predict import format_rows, predict_files
 
+    if args.checkpoint and (args.labels or args.preset):
+        raise ValueError(
+            "--labels and --preset choose classes for zero-shot, but a checkpoint brings its own: "
+            "drop them, or drop --checkpoint for zero-shot"
+        )
     if args.checkpoint:
+        from capnet.checkpoint import model_from_checkpoint
+
         model = model_from_checkpoint(args.checkpoint, weights=args.weights, device=args.device)
     else:
-        names = (
-            PRESETS[args.preset] if args.preset else [n for n in (args.labels or "").split(",") if n.strip()]
-        )
-        backbone = load_backbone(
-            name=args.model, pretrained=args.pretrained or None, weights=args.weights, device=args.device
-        )
-        model = CapNet(backbone, names, zero_shot=True)
-    files = _image_files(args.paths)
-    records = Records(
-        list(model.class_names),
-        [f.stem for f in files],
-        files,
-        np.zeros((len(files), model.num_classes), np.uint8),
+        model = _zero_shot_model(args)
+    rows = predict_files(
+        model,
+        args.paths,
+        threshold=args.threshold,
+        top=args.top,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        on_skip=lambda problem: print(f"capnet: skipped {problem}", file=sys.stderr),
     )
-    records, problems = check_images(records, skip_bad=True, desc="reading images")
-    for problem in problems:
-        print(f"capnet: skipped {problem}", file=sys.stderr)
-    probs = 1 / (
-        1
-        + np.exp(
-            -score_records(model, records, tta=args.tta, batch_size=args.batch_size, num_workers=args.workers)
-        )
-    )
-    rows = []
-    for path, row in zip(records.paths, probs):
-        order = np.argsort(-row)
-        labels = [model.class_names[c] for c in order if row[c] >= args.threshold]
-        top = {model.class_names[c]: round(float(row[c]), 4) for c in order[: args.top]}
-        rows.append(
-            {
-                "path": str(path),
-                "labels": labels,
-                "top": top,
-                "probabilities": dict(zip(model.class_names, row.round(6).tolist())),
-            }
-        )
-    if args.format == "json":
-        text = json.dumps(rows, indent=1)
-    elif args.format == "csv":
-        frame = pd.DataFrame(
-            [{"path": r["path"], "labels": ";".join(r["labels"]), **r["probabilities"]} for r in rows]
-        )
-        text = frame.to_csv(index=False)
-    else:
-        width = max(len(Path(r["path"]).name) for r in rows)
-        text = "\n".join(
-            f"{Path(r['path']).name:<{width}}  " + ", ".join(f"{k} {v:.2f}" for k, v in r["top"].items())
-            for r in rows
-        )
+    text = format_rows(rows, args.format, args.threshold)
     if args.output:
         Path(args.output).write_text(text + "\n")
     else:
@@ -220,7 +244,76 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zero_shot_model(args: argparse.Namespace):
+    import open_clip
+
+    from capnet.backbone import load_backbone
+    from capnet.labelsets import PRESETS
+    from capnet.model import CapNet
+
+    names = PRESETS[args.preset] if args.preset else [n.strip() for n in (args.labels or "").split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("zero-shot needs classes: --labels 'cat,dog' or --preset voc (or a --checkpoint)")
+    pretrained = args.pretrained
+    if pretrained == "default":
+        tags = (
+            open_clip.list_pretrained_tags_by_model(args.model)
+            if args.model in open_clip.list_models()
+            else []
+        )
+        pretrained = "openai" if "openai" in tags else None
+    backbone = load_backbone(name=args.model, pretrained=pretrained, weights=args.weights, device=args.device)
+    return CapNet(backbone, names, zero_shot=True)
+
+
+@command
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    from capnet.labelsets import PRESETS
+
+    p = subparser(
+        sub,
+        "predict",
+        "label image files or folders",
+        "Rank every class for each image, with a trained checkpoint or zero-shot over the classes you\n"
+        "name. The table shows each image's path as given and its top classes; a * marks those at or\n"
+        "above --threshold. Unreadable files are skipped with a note.",
+        "capnet predict photos/ --checkpoint runs/mine/model.safetensors --top 3",
+    )
+    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--checkpoint", help="a trained capnet checkpoint (without one: zero-shot)")
+    p.add_argument("--labels", help="zero-shot: comma-separated class names, e.g. 'cat,dog'")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="zero-shot: a benchmark's label set")
+    p.add_argument("--model", default="ViT-B-16", help="zero-shot: the open_clip model")
+    p.add_argument(
+        "--pretrained",
+        type=_pretrained,
+        default="default",
+        help="zero-shot: pretrained tag ('default': openai where the model has it); "
+        "none for random weights or a --weights file that is no tag's",
+    )
+    p.add_argument(
+        "--weights", help="local CLIP weights file (else CAPNET_CLIP_WEIGHTS, else the checkpoint's)"
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="probability at which a class counts as present"
+    )
+    p.add_argument("--top", type=int, default=5, help="classes shown per image in the table")
+    p.add_argument("--tta", action="store_true", help="five-crop test-time ensembling")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output form")
+    p.add_argument("--output", help="write to this file instead of stdout")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
+    p.set_defaults(func=cmd_predict)
+
+
+# ------------------------------------------------------------------------------------------- build-lt
 def cmd_build_lt(args: argparse.Namespace) -> int:
+    from capnet.config import load_run_config
+    from capnet.data.longtail import build_longtail, longtail_summary
+    from capnet.data.sources import load_split
+
     cfg = load_run_config(args.config, args.set)
     cfg.data.train_ids = None  # the pool is the whole training split
     pool = load_split(cfg.data, "train")
@@ -250,6 +343,33 @@ def cmd_build_lt(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def add_build_lt(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "build-lt",
+        "sample a long-tailed training set with the Pareto procedure",
+        "Cut the config's whole training split to a long tail (the VOC-LT / COCO-LT procedure) and write\n"
+        "its image ids, plus a JSON of class counts and head/medium/tail groups.",
+        "capnet build-lt --config configs/voc_lt.yaml --max-per-class 800 \\\n"
+        "    --out-ids data/ltsplits/voc-lt/img_id.txt",
+    )
+    _with_config(p)
+    p.add_argument("--max-per-class", type=int, required=True, help="800 for VOC-LT, 1200 for COCO-LT")
+    p.add_argument("--min-per-class", type=int, default=1, help="fewest images a class keeps")
+    p.add_argument("--pareto-shape", type=float, default=6.0, help="shape of the Pareto class counts")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    p.add_argument("--out-ids", required=True, help="id list to write (one image id per line)")
+    p.add_argument("--out-json", help="class counts and groups (default: next to the id list)")
+    p.set_defaults(func=cmd_build_lt)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _manifest_names() -> list[str]:
+    """Shipped dataset manifests, listed without importing the data package (keeps --help fast)."""
+    return sorted(p.stem for p in (Path(__file__).parent / "data" / "manifests").glob("*.json"))
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from capnet.data.download import Options, fetch, format_plan, load_manifest, plan
 
@@ -258,52 +378,61 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
         print(format_plan(plan(manifest, args.root, args.mirror), args.format))
         return 0
     summary = fetch(manifest, args.root, args.mirror, Options(retries=args.retries, backoff=args.backoff))
-    print(json.dumps(summary, indent=1) if args.format == "json" else _fetched_text(summary))
+    if not summary["downloaded"] and not summary["extracted"] and not summary["images"]:
+        line = f"{summary['dataset']}: everything in {summary['root']} is already verified; nothing to do"
+    else:
+        line = (
+            f"{summary['dataset']}: downloaded {len(summary['downloaded'])} files and "
+            f"{summary['images']} images, extracted {len(summary['extracted'])} archives "
+            f"into {summary['root']}"
+        )
+    _emit(summary, [line], args.format)
     return 0
 
 
-def _fetched_text(summary: dict[str, Any]) -> str:
-    if not summary["downloaded"] and not summary["extracted"] and not summary["images"]:
-        return f"{summary['dataset']}: everything in {summary['root']} is already verified; nothing to do"
-    return (
-        f"{summary['dataset']}: downloaded {len(summary['downloaded'])} files and "
-        f"{summary['images']} images, extracted {len(summary['extracted'])} archives into {summary['root']}"
-    )
-
-
-def add_data_parser(sub: argparse._SubParsersAction) -> None:
-    """`capnet data fetch`: checksum-verified downloads of the benchmark datasets."""
-    from capnet.data.download import shipped_manifests
-
-    data = sub.add_parser("data", help="download the benchmark datasets (checksum-verified)")
-    actions = data.add_subparsers(dest="data_command", required=True)
-    p = actions.add_parser("fetch", help="fetch, verify and extract a dataset (resumes; reruns do nothing)")
-    p.add_argument("dataset", choices=shipped_manifests())
-    p.add_argument("--root", default="data", help="folder the dataset goes into (default: data)")
-    p.add_argument(
-        "--mirror", action="append", default=[], metavar="URL", help="a base URL tried first (repeatable)"
-    )
-    p.add_argument("--manifest", help="a manifest file replacing the shipped one")
-    p.add_argument("--dry-run", action="store_true", help="print the plan; open no connection")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+def _fetch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=_manifest_names(), help="which benchmark")
+    p.add_argument("--root", default="data", help="folder the dataset goes into")
+    p.add_argument("--mirror", action="append", default=[], metavar="URL", help="a base URL tried first")
+    p.add_argument("--manifest", help="a manifest file replacing the shipped one (mirrors, tests)")
     p.add_argument("--retries", type=int, default=3, help="rounds over all sources after the first")
     p.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry (doubles)")
+
+
+@command
+def add_data(sub: argparse._SubParsersAction) -> None:
+    data = subparser(
+        sub,
+        "data",
+        "download the benchmark datasets (checksum-verified)",
+        "Data sets by name (voc-lt, coco-lt): `fetch` downloads, verifies and extracts one.",
+        "capnet data fetch voc-lt --root data",
+    )
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = subparser(
+        actions,
+        "fetch",
+        "fetch, verify and extract a dataset (resumes; a rerun does nothing)",
+        "Download what the benchmark uses, every byte checked against the manifest's sha256, resuming\n"
+        "cut transfers and trying mirrors in order; archives are streamed and only the benchmark's files\n"
+        "are kept. The layout is the one configs/voc_lt.yaml and configs/coco_lt.yaml read.",
+        "capnet data fetch voc-lt --root data --dry-run",
+    )
+    _fetch_options(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan; open no connection")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output form")
     p.set_defaults(func=cmd_data_fetch)
 
 
-def _ask(question: str) -> bool:
-    try:
-        return input(question).strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
-
-
+# ------------------------------------------------------------------------------------------ reproduce
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from capnet.config import load_run_config
     from capnet.data.download import Options, load_manifest
     from capnet.reproduce import reproduce
 
     manifest = load_manifest(args.manifest or args.dataset)
     cfg = load_run_config(args.config or manifest.config, args.set)
+    interactive = sys.stdin is not None and sys.stdin.isatty()
     result = reproduce(
         manifest,
         args.root,
@@ -313,7 +442,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         mirrors=args.mirror,
         options=Options(retries=args.retries, backoff=args.backoff),
         yes=args.yes,
-        ask=_ask if sys.stdin is not None and sys.stdin.isatty() else None,
+        ask=(lambda q: input(q).strip().lower() in ("y", "yes")) if interactive else None,
         say=lambda line: print(line, file=sys.stderr),
     )
     if result is None:
@@ -322,104 +451,64 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
-    """`capnet reproduce`: fetch, train with the paper's protocol, evaluate, serve the checkpoint."""
-    from capnet.data.download import shipped_manifests
-
-    p = sub.add_parser("reproduce", help="fetch a benchmark, train and evaluate with the paper's protocol")
-    p.add_argument("dataset", choices=shipped_manifests())
-    p.add_argument("--root", default="data", help="folder the dataset goes into (default: data)")
+@command
+def add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "reproduce",
+        "fetch a benchmark, train and evaluate with the paper's protocol",
+        "Fetch the dataset (as `capnet data fetch`), train with its config, evaluate on the test split,\n"
+        "write the report and copy the checkpoint where the app serves it. It says first what it will\n"
+        "download and roughly how long the run takes here; on a CPU it asks (--yes skips the question).",
+        "capnet reproduce voc-lt --root data --yes",
+    )
+    _fetch_options(p)
     p.add_argument("--config", help="run config (default: the dataset's, e.g. configs/voc_lt.yaml)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)"
     )
     p.add_argument("--out", help="run folder (default: train.out_dir/name)")
     p.add_argument("--checkpoints", default="checkpoints", help="where the app looks for checkpoints")
-    p.add_argument("--mirror", action="append", default=[], metavar="URL", help="a base URL tried first")
-    p.add_argument("--manifest", help="a manifest file replacing the shipped one")
-    p.add_argument("--retries", type=int, default=3)
-    p.add_argument("--backoff", type=float, default=2.0)
     p.add_argument("--yes", action="store_true", help="do not ask before a long CPU run")
     p.set_defaults(func=cmd_reproduce)
 
 
+# ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="capnet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
-        p.add_argument("--config", required=required, help="run config YAML (see configs/)")
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config field, e.g. --set train.epochs=5 (repeatable)",
-        )
-
-    p = sub.add_parser("train", help="train CAPNET on a dataset, then evaluate on its test split")
-    with_config(p)
-    p.add_argument("--out", help="run folder (default: train.out_dir/name)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last epoch")
-    p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation at the end")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test split")
-    with_config(p)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="folder for report.json, per_class.csv, scores.csv")
-    p.add_argument("--name", help="run name shown in reports")
-    p.add_argument("--no-tta", action="store_true")
-    p.add_argument("--weights", help="local CLIP weights file")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("predict", help="label image files or folders")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--checkpoint", help="a trained capnet checkpoint (else zero-shot)")
-    p.add_argument("--labels", help="comma-separated class names for zero-shot")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a benchmark label set for zero-shot")
-    p.add_argument("--model", default="ViT-B-16")
-    p.add_argument("--pretrained", default="openai")
-    p.add_argument("--weights", help="local CLIP weights file")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--top", type=int, default=5, help="labels shown per image in the table")
-    p.add_argument("--tta", action="store_true", help="five-crop test-time ensembling")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--output", help="write to this file instead of stdout")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("build-lt", help="sample a long-tailed training set with the Pareto procedure")
-    with_config(p)
-    p.add_argument("--max-per-class", type=int, required=True, help="800 for VOC-LT, 1200 for COCO-LT")
-    p.add_argument("--min-per-class", type=int, default=1)
-    p.add_argument("--pareto-shape", type=float, default=6.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-ids", required=True, help="id list to write (one image id per line)")
-    p.add_argument("--out-json", help="class counts and groups (default: next to the id list)")
-    p.set_defaults(func=cmd_build_lt)
-
-    add_data_parser(sub)
-    add_reproduce_parser(sub)
+    parser = argparse.ArgumentParser(
+        prog="capnet",
+        description="Train, evaluate and apply CAPNET (long-tailed multi-label recognition with CLIP).",
+        epilog=EPILOG,
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"capnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause; imported only after a command failed (torch loads with them)."""
+    from capnet.backbone import WeightsUnavailableError
+    from capnet.data import DataError
+    from capnet.images import ImageError
+
+    return (ValueError, DataError, ImageError, WeightsUnavailableError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"capnet: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"capnet: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("capnet: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        print(f"capnet: error: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ config file records exactly what was built.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,15 +23,35 @@ class ConfigError(ValueError):
     """A config file or dict that does not fit the dataclass it is loaded into."""
 
 
+NO_TAG = ("", "none", "null")
+
+
+def pretrained_tag(value: str | None) -> str | None:
+    """A pretrained tag, or None for "no tag": "", "none" and "null" (any case) all mean None."""
+    if value is None or value.strip().lower() in NO_TAG:
+        return None
+    return value.strip()
+
+
 @dataclass
 class BackboneConfig:
     """Which open_clip model to build and where its weights come from."""
 
     name: str = "ViT-B-16"
-    # An open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...) or None for random weights.
+    # An open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...) or None (also "" / "none" / "null")
+    # for random weights or a local file that is not a tag's (the synthetic world's capnet-synth).
     pretrained: str | None = "openai"
     # A local weights file standing in for the tag's download (or used alone when pretrained is None).
+    # Without one, the CAPNET_CLIP_WEIGHTS environment variable names it.
     weights: str | None = None
+    # Random weights only (no tag, no file): the seed the tower is built from, so that every process
+    # (train, eval, predict) builds the same random tower.
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pretrained, str):
+            self.pretrained = pretrained_tag(self.pretrained)
+
     # None: QuickGELU exactly when the pretrained tag was trained with it (all OpenAI weights).
     quick_gelu: bool | None = None
     device: str = "auto"
@@ -158,6 +179,31 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
 
 
+# Paths a run config names; a relative one in a config file is taken from the file's folder.
+RUN_PATHS = (
+    ("model", "backbone", "weights"),
+    ("data", "root"),
+    ("data", "train_ids"),
+    ("data", "class_names"),
+    ("train", "out_dir"),
+    ("train", "cache_dir"),
+)
+
+
+def rebase_paths(data: dict[str, Any], base: Path, keys: tuple[tuple[str, ...], ...] = RUN_PATHS) -> None:
+    """Make the relative paths of a config dict absolute from ``base`` (the config file's folder), in place.
+
+    So a config means the same from any current directory. Lists (class names) and non-strings are left.
+    """
+    for key in keys:
+        node: Any = data
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(key[-1]) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            node[key[-1]] = os.path.normpath(base / value)
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
@@ -181,9 +227,11 @@ class DataConfig:
 
     format: Literal["voc", "coco", "nus_wide", "list", "csv"] = "list"
     # voc: the VOCdevkit folder; coco: the folder holding train2017/, val2017/ and annotations/;
-    # nus_wide: the NUS-WIDE folder; list/csv: the folder that relative image paths start from.
+    # nus_wide: the NUS-WIDE folder; list/csv: the folder the list or CSV file is named from (the image
+    # paths of a list file start here too; those of a CSV start at the CSV's own folder).
+    # Relative in a config file: from the file's folder.
     root: str = "data"
-    # voc: "2012/trainval"; coco: "train2017"; nus_wide: "Train"; list/csv: the file.
+    # voc: "2012/trainval"; coco: "train2017"; nus_wide: "Train"; list/csv: the file, relative to root.
     train: str = ""
     test: str = ""
     # An official id list (img_id.txt, COCO's img_id.pkl text file) selecting the long-tailed training set.
@@ -254,3 +302,51 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """One ``section.key=value`` override (the value in YAML syntax) applied to a config dict in place."""
+    key, sep, raw = assignment.partition("=")
+    if not sep:
+        raise ConfigError(f"--set takes KEY=VALUE, got '{assignment}'")
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML") from None
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """A YAML run config with ``--set section.key=value`` overrides.
+
+    Relative paths in the file are taken from the file's folder; those given with ``--set`` from the
+    current directory (where the user typed them). A mistake in an override is reported as that
+    override's, not the file's.
+    """
+    data: dict[str, Any] = {}
+    name = "config"
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        name = path.name
+        from_dict(RunConfig, data, where=name)  # the file's own mistakes, named as the file's
+        rebase_paths(data, path.resolve().parent)
+    for assignment in overrides:
+        apply_override(data, assignment)
+        try:
+            from_dict(RunConfig, data, where="config")
+        except ConfigError as exc:
+            raise ConfigError(f"--set {assignment}: {str(exc).removeprefix('config.')}") from None
+    return from_dict(RunConfig, data, where=name)

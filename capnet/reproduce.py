@@ -9,17 +9,16 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from capnet.backbone import load_backbone, select_device
+from capnet.backbone import select_device
 from capnet.config import RunConfig
-from capnet.data import check_images
 from capnet.data.download import Manifest, Options, fetch, human_bytes, plan
-from capnet.data.sources import load_split
+from capnet.engine.run import train_run
 
 # Images per second through a ViT-B/16 image tower (forward, with JPEG decoding), by device kind: rough
 # figures for the estimate shown before a run, never used for anything else. The CPU figure is the one
@@ -84,29 +83,6 @@ def estimate(manifest: Manifest, root: Path, cfg: RunConfig) -> Estimate:
     )
 
 
-def _train_and_evaluate(cfg: RunConfig, out_dir: Path) -> tuple[Path, Path, dict[str, Any]]:
-    from capnet.engine.evaluate import evaluate, write_report
-    from capnet.engine.trainer import Trainer, split_validation
-    from capnet.model import CapNet
-
-    pool, _ = check_images(load_split(cfg.data, "train"), skip_bad=cfg.data.skip_bad, desc="checking images")
-    train, val = split_validation(pool, cfg.data.val_fraction, cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    model = CapNet(load_backbone(cfg.model.backbone), pool.class_names, cfg.model, train_labels=train.labels)
-    checkpoint = Trainer(cfg, model, train, val, out_dir).fit()
-    test, _ = check_images(load_split(cfg.data, "test"), skip_bad=cfg.data.skip_bad, desc="checking images")
-    report, logits = evaluate(
-        model,
-        test,
-        train.class_freq,
-        cfg.eval,
-        num_workers=cfg.data.num_workers,
-        name=cfg.name,
-        extra={"checkpoint": str(checkpoint), "config": asdict(cfg)},
-    )
-    return Path(checkpoint), write_report(report, logits, test, out_dir), report["results"]
-
-
 def reproduce(
     manifest: Manifest,
     root: str | Path,
@@ -141,7 +117,8 @@ def reproduce(
             return None
     fetched = fetch(manifest, root, mirrors, options)
     out = Path(out_dir or Path(cfg.train.out_dir) / cfg.name)
-    checkpoint, report, results = _train_and_evaluate(cfg, out)
+    run = train_run(cfg, out)
+    checkpoint, report, results = Path(run.checkpoint), run.report, run.results
     served_dir = Path(checkpoints_dir)
     served_dir.mkdir(parents=True, exist_ok=True)
     served = served_dir / f"capnet-{manifest.name}.safetensors"

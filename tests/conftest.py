@@ -25,7 +25,7 @@ def tiny_backbone():
 
     def make(name: str = "capnet-tiny", seed: int = 0, **kwargs):
         torch.manual_seed(seed)
-        return load_backbone(name=name, pretrained=None, device="cpu", **kwargs)
+        return load_backbone(name=name, pretrained=None, device="cpu", init_seed=seed, **kwargs)
 
     return make
 

@@ -44,7 +44,7 @@ def test_adaptformer_identity_then_trains_only_adapters(tiny_backbone):
     clip = tiny_backbone().model
     reference = copy.deepcopy(clip)
     before = snapshot(clip)
-    x = images()
+    x = images(4)  # on two images every ReLU unit of one 3-wide bottleneck can be off, leaving no gradient
 
     assert (
         apply_peft(clip.visual, AdapterConfig(kind="adaptformer", bottleneck=3, scale=0.1)) == "adaptformer"

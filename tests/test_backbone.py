@@ -62,7 +62,7 @@ def test_offline_without_weights_is_one_clear_error(tmp_path, monkeypatch):
     assert time.monotonic() - start < 5, "an offline machine must not wait for hub retries"
     message = str(info.value)
     assert "\n" not in message
-    for hint in ("weights=PATH", WEIGHTS_ENV, "pretrained=None", "ViT-B-16", "openai"):
+    for hint in ("--weights PATH", "model.backbone.weights", WEIGHTS_ENV, "--pretrained none", "ViT-B-16"):
         assert hint in message
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from capnet import cli
 from capnet.backbone import load_backbone
 from capnet.checkpoint import save_checkpoint
+from capnet.config import load_run_config
 from capnet.data import read_voc
 from capnet.data.longtail import build_longtail
 from capnet.model import CapNet
@@ -61,12 +62,18 @@ def test_predict_writes_csv_and_json_matching_the_model(tmp_path, checkpoint, ca
     assert rows[0]["labels"] == ["red", "green", "blue"]  # threshold 0 keeps all, ranked by probability
 
 
-def test_zero_shot_predict_table(tmp_path, capsys):
-    folder = _images(tmp_path / "imgs", 2)
-    assert cli.main(["predict", str(folder), "--model", "capnet-tiny", "--pretrained", "",
-                     "--labels", "cat,dog", "--workers", "0"]) == 0  # fmt: skip
+@pytest.mark.parametrize("no_tag", ["", "none", "null", "None"])
+def test_zero_shot_predict_table(tmp_path, capsys, monkeypatch, no_tag):
+    _images(tmp_path / "a", 2)
+    _images(tmp_path / "b", 1)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["predict", "a", "b", "--model", "capnet-tiny", "--pretrained", no_tag,
+                     "--labels", "cat,dog", "--workers", "0", "--threshold", "0.05"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("0_red.png") and "cat" in lines[0] and "dog" in lines[0]
+    # Paths as the user named them, so a/0_red.png and b/0_red.png are told apart.
+    assert [line.split()[0] for line in lines[:3]] == ["a/0_red.png", "a/1_green.png", "b/0_red.png"]
+    assert all("cat" in line and "dog" in line for line in lines[:3])
+    assert lines[3] == "(*: at or above the threshold 0.05)"
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):
@@ -152,7 +159,7 @@ def test_official_voc_lt_ids_select_the_training_set(tmp_path):
     [("voc_lt", "voc", 0.3, 5.0, 1), ("coco_lt", "coco", 0.2, 2.0, 2), ("nus_wide", "nus_wide", 0.2, 2.0, 2)],
 )
 def test_shipped_configs_load_with_their_loss_settings(name, fmt, mu, neg_scale, bottleneck):
-    cfg = cli.load_run_config(str(ROOT / "configs" / f"{name}.yaml"), ["train.epochs=3"])
+    cfg = load_run_config(str(ROOT / "configs" / f"{name}.yaml"), ["train.epochs=3"])
     assert (cfg.data.format, cfg.loss.mu, cfg.loss.neg_scale) == (fmt, mu, neg_scale)
     assert cfg.model.adapter.bottleneck == bottleneck and cfg.train.epochs == 3
     assert cfg.model.backbone.name == "ViT-B-16" and cfg.model.backbone.pretrained == "openai"

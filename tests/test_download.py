@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from capnet import cli
+from capnet.config import load_run_config
 from capnet.data import download, read_voc
 from capnet.data.download import DownloadError, FileEntry, Options, fetch_file, load_manifest
 from capnet.data.sources import load_split
@@ -69,6 +70,9 @@ def test_clean_fetch_gives_the_layout_the_voc_lt_config_trains_on(tmp_path, voc,
         "train.out_dir=runs",
         "data.num_workers=0",
         "eval.tta=false",
+        # The config's own paths are taken from configs/ (the repository's data/); --set ones from here.
+        "data.root=data/VOCdevkit",
+        "data.train_ids=data/ltsplits/voc-lt/img_id.txt",
     ]
     args = ["train", "--config", str(ROOT / "configs" / "voc_lt.yaml")]
     assert cli.main(args + [a for o in overrides for a in ("--set", o)]) == 0
@@ -306,7 +310,8 @@ def test_coco_lt_fetches_single_images_checked_against_their_annotations(tmp_pat
     fetched = sorted((coco / "train2017").iterdir())
     assert [int(p.stem) for p in fetched] == sorted(int(i) for i in split)
     assert all(p.read_bytes() == (src / "train2017" / p.name).read_bytes() for p in fetched)
-    cfg = cli.load_run_config(str(ROOT / "configs" / "coco_lt.yaml"), [])
+    sets = ["data.root=data/coco", "data.train_ids=data/ltsplits/coco-lt/img_id.pkl"]  # from here
+    cfg = load_run_config(str(ROOT / "configs" / "coco_lt.yaml"), sets)
     train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     assert sorted(int(i) for i in train.image_ids) == sorted(int(i) for i in split)
     assert all(p.is_file() for p in train.paths) and len(test) == 6

@@ -105,9 +105,12 @@ def test_training_learns_and_the_report_has_every_field(tmp_path, layout, capsys
     assert log[-1]["train_loss"] < log[0]["train_loss"]
 
 
-def _trainer(tmp_path: Path, out: str, **train) -> Trainer:
+def _trainer(tmp_path: Path, out: str, adapter: str = "lora", **train) -> Trainer:
+    """A fresh model and trainer; the adapter kind is set in the config before either is built."""
     data = {"format": "voc", "root": str(write_voc(tmp_path / "voc", 40, 10))}
-    rc = from_dict(RunConfig, run_config(tmp_path, data, **{"epochs": 3, **train}))
+    cfg = run_config(tmp_path, data, **{"epochs": 3, **train})
+    cfg["model"]["adapter"]["kind"] = adapter
+    rc = from_dict(RunConfig, cfg)
     pool = load_split(rc.data, "train")
     train_set, val = split_validation(pool, 0.2, 0)
     torch.manual_seed(0)
@@ -115,20 +118,23 @@ def _trainer(tmp_path: Path, out: str, **train) -> Trainer:
     return Trainer(rc, model, train_set, val, tmp_path / out)
 
 
-@pytest.mark.parametrize("adapter", ["lora", "none"])
-def test_resume_continues_to_the_same_result(tmp_path, adapter):
-    straight = _trainer(tmp_path, "a", class_aware_sampling=True)
-    if adapter == "none":
-        straight.cfg.model.adapter.kind = "none"
-    straight.fit()
-    first = _trainer(tmp_path, "b", class_aware_sampling=True)
-    assert first.fit(stop_after=2) is None
-    resumed = _trainer(tmp_path, "b", class_aware_sampling=True)
-    assert resumed.fit(resume=True) is not None
-    a, b = straight.model.trainable_state_dict(), resumed.model.trainable_state_dict()
+@pytest.mark.parametrize("class_aware", [False, True], ids=["default-sampler", "class-aware"])
+@pytest.mark.parametrize("adapter", ["lora", "none"], ids=["adapters", "frozen-cached"])
+def test_resume_continues_to_the_same_result(tmp_path, adapter, class_aware):
+    runs = {}
+    for name in ("straight", "interrupted", "resumed"):
+        out = "a" if name == "straight" else "b"
+        # keep="last": the final epoch's tensors are compared, not an earlier best one both runs share.
+        runs[name] = _trainer(tmp_path, out, adapter, class_aware_sampling=class_aware, keep="last")
+        assert runs[name].use_cache == (adapter == "none"), "the frozen tower must train on cached features"
+        assert runs[name].model.peft == ("none" if adapter == "none" else "lora")
+    runs["straight"].fit()
+    assert runs["interrupted"].fit(stop_after=2) is None
+    assert runs["resumed"].fit(resume=True) is not None
+    a, b = runs["straight"].model.trainable_state_dict(), runs["resumed"].model.trainable_state_dict()
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+        assert torch.equal(a[key], b[key]), key
     log = [json.loads(x)["epoch"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]
     assert not list((tmp_path / "b").glob("*.tmp"))
@@ -160,6 +166,7 @@ def test_feature_cache_is_reused_and_keyed(tmp_path, monkeypatch):
     def build(seed: int = 0) -> Trainer:
         cfg = run_config(tmp_path, data, epochs=2)
         cfg["model"]["adapter"]["kind"] = "none"
+        cfg["model"]["backbone"]["init_seed"] = seed
         rc = from_dict(RunConfig, cfg)
         pool = load_split(rc.data, "train")
         torch.manual_seed(seed)
@@ -327,3 +334,11 @@ def test_plain_random_cut_would_miss_rare_classes():
     for seed in range(20):
         val = split_validation(pool, 0.2, seed)[1]
         assert (val.labels.sum(0)[counts >= 2] > 0).all()
+
+
+def test_a_validation_split_without_any_score_keeps_the_last_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"val_total": None})
+    trainer = _trainer(tmp_path, "run", epochs=2)
+    _, meta = _checkpoint_tensors(trainer.fit())
+    assert meta["kept"]["epoch"] == 2
+    assert meta["kept"]["reason"] == "last epoch (the validation split gave no mAP)"

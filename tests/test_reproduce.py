@@ -10,6 +10,7 @@ import torch
 
 from capnet import cli, reproduce
 from capnet.checkpoint import model_from_checkpoint, read_metadata
+from capnet.config import load_run_config
 from capnet.data.download import human_bytes, load_manifest
 from tests.fileserver import FileServer
 from tests.standins import build_voc, voc_manifest
@@ -84,7 +85,7 @@ def test_a_declined_cpu_run_does_nothing(tmp_path, voc, monkeypatch):
     questions = []
     with FileServer() as server:
         manifest = load_manifest(voc_manifest(tmp_path, voc, server))
-        cfg = cli.load_run_config(str(ROOT / "configs" / "voc_lt.yaml"), TINY)
+        cfg = load_run_config(str(ROOT / "configs" / "voc_lt.yaml"), TINY)
         answer = reproduce.reproduce(
             manifest, "data", cfg, ask=lambda q: questions.append(q) or False, say=print
         )
@@ -93,7 +94,7 @@ def test_a_declined_cpu_run_does_nothing(tmp_path, voc, monkeypatch):
 
 def test_the_estimate_follows_the_device(tmp_path, monkeypatch):
     manifest = load_manifest("voc-lt")
-    cfg = cli.load_run_config(str(ROOT / "configs" / "voc_lt.yaml"), [])
+    cfg = load_run_config(str(ROOT / "configs" / "voc_lt.yaml"), [])
     monkeypatch.setattr(reproduce, "select_device", lambda preference: torch.device("cpu"))
     on_cpu = reproduce.estimate(manifest, tmp_path, cfg)
     # DATA-SOURCES.md: img_id.txt 13,704 + VOCtrainval 1,999,639,040 + VOCtest 451,020,800 bytes

@@ -33,8 +33,27 @@ def select_official_ids(records: Records, ids: list[str]) -> Records:
     return records.select_ids([canonical.get(i.lstrip("0") or "0", i) if i.isdigit() else i for i in ids])
 
 
+def _file_under_root(root: Path, spec: str, key: str, what: str) -> Path:
+    """A list or CSV file named by ``data.train`` / ``data.test``, relative to data.root."""
+    if not spec:
+        raise DataError(f"data.{key} names no {what} file (the {what} format needs one)")
+    path = root / Path(spec).expanduser()
+    if not path.is_file():
+        where = f"looked for {path}" + (
+            "" if Path(spec).is_absolute() else f": data.{key} is relative to data.root"
+        )
+        raise DataError(f"{what} file not found: {spec} ({where})")
+    return path
+
+
 def load_split(cfg: DataConfig, split: str) -> Records:
-    """The training (``split="train"``, long-tailed subset applied) or test records of a config."""
+    """The training (``split="train"``, long-tailed subset applied) or test records of a config.
+
+    Relative paths start from the folder of whatever names them: a list or CSV file named by data.train /
+    data.test from data.root; the image paths inside a CSV from the CSV's own folder (a CSV and its images
+    travel together, as `capnet world scenes` and the app's zip uploads write them); those of a list file
+    from data.root (the official lists are relative to the dataset's root).
+    """
     if split not in ("train", "test"):
         raise ValueError("split is 'train' or 'test'")
     spec = cfg.train if split == "train" else cfg.test
@@ -53,9 +72,10 @@ def load_split(cfg: DataConfig, split: str) -> Records:
         names = _class_names(cfg)
         if not names:
             raise DataError("the list format needs data.class_names (a 'name idx' file or a list of names)")
-        records = read_list_file(spec, root, names)
+        records = read_list_file(_file_under_root(root, spec, split, "list"), root, names)
     else:
-        records = read_csv(spec, root, _class_names(cfg))
+        csv_path = _file_under_root(root, spec, split, "CSV")
+        records = read_csv(csv_path, csv_path.parent, _class_names(cfg))
     if split == "train" and cfg.train_ids:
         records = select_official_ids(records, read_id_list(cfg.train_ids))
     return records

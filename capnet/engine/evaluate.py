@@ -85,7 +85,14 @@ def evaluate(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The report dict and the per-image logits of the primary setting (TTA when enabled)."""
     if list(records.class_names) != list(model.class_names):
-        raise ValueError("the dataset's classes differ from the model's (names or order)")
+        only_data = [c for c in records.class_names if c not in model.class_names]
+        only_model = [c for c in model.class_names if c not in records.class_names]
+        detail = (
+            f"only in the data: {only_data}, only in the model: {only_model}"
+            if only_data or only_model
+            else f"same names, other order; the model's: {list(model.class_names)}"
+        )
+        raise ValueError(f"the dataset's classes differ from the model's ({detail}); set data.class_names")
     began = time.time()
     runs = {"single": score_records(model, records, batch_size=cfg.batch_size, num_workers=num_workers)}
     if cfg.tta:

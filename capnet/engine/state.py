@@ -76,3 +76,19 @@ def load_state_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The state file's tensors whose names start with ``prefix`` (as saved through ``extra_tensors``)."""
     with safe_open(str(path), framework="pt") as f:
         return {name: f.get_tensor(name) for name in f.keys() if name.startswith(prefix)}  # noqa: SIM118
+
+
+def read_state_meta(path: Path) -> dict:
+    """The metadata of a state file, without loading its tensors."""
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["capnet-train"])
+
+
+def read_state_shapes(path: Path, prefix: str) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors under ``prefix`` (the prefix removed), without loading them."""
+    with safe_open(str(path), framework="pt") as f:
+        return {
+            name[len(prefix) :]: tuple(f.get_slice(name).get_shape())
+            for name in f.keys()  # noqa: SIM118
+            if name.startswith(prefix)
+        }

@@ -7,6 +7,8 @@ from its last epoch state continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -21,14 +23,20 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from capnet.backbone import autocast, image_size
+from capnet.backbone import autocast, frozen_fingerprint, image_size
 from capnet.checkpoint import save_checkpoint
-from capnet.config import LossConfig, RunConfig
+from capnet.config import BackboneConfig, LossConfig, RunConfig
 from capnet.data import ImageDataset, Records
 from capnet.engine.evaluate import finite
 from capnet.engine.features import FlipViews, cached_features, compute_features
 from capnet.engine.schedule import build_optimizer, build_scheduler
-from capnet.engine.state import load_state_tensors, load_training_state, save_training_state
+from capnet.engine.state import (
+    load_state_tensors,
+    load_training_state,
+    read_state_meta,
+    read_state_shapes,
+    save_training_state,
+)
 from capnet.losses import build_loss
 from capnet.metrics import lt_map
 from capnet.model import CapNet
@@ -36,6 +44,10 @@ from capnet.model import CapNet
 STATE_FILE = "last_state.safetensors"
 MODEL_FILE = "model.safetensors"
 LOG_FILE = "log.jsonl"
+
+
+class ResumeError(ValueError):
+    """The run folder holds a run that this config cannot continue (other classes, backbone or shapes)."""
 
 
 class TrainingStopped(Exception):
@@ -104,6 +116,25 @@ class Distributed:
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
 
+    @classmethod
+    def setup(cls, backbone: BackboneConfig | None = None) -> Distributed:
+        """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs.
+
+        Each rank then builds its backbone on its own GPU (``backbone.device`` is set to it).
+        """
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if backbone is not None and dist.is_initialized() and torch.cuda.is_available():
+            backbone.device = f"cuda:{torch.cuda.current_device()}"
+        return cls.from_env()
+
+    @staticmethod
+    def teardown() -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
 
 def loss_from_config(cfg: LossConfig, class_freq: np.ndarray, num_train: int) -> torch.nn.Module:
     if cfg.name == "dbfocal":
@@ -161,6 +192,15 @@ def split_validation(records: Records, fraction: float, seed: int) -> tuple[Reco
     return records.subset(np.flatnonzero(~in_val)), records.subset(np.flatnonzero(in_val))
 
 
+def _first_difference(ours: Any, theirs: Any, where: str) -> tuple[str, Any, Any]:
+    """The first config field (dotted, as --set spells it) whose value differs."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in sorted(set(ours) | set(theirs)):
+            if ours.get(key) != theirs.get(key):
+                return _first_difference(ours.get(key), theirs.get(key), f"{where}.{key}")
+    return where, ours, theirs
+
+
 class EpochKeeper:
     """Which epoch the checkpoint keeps: the best validation total mAP (ties: the earlier epoch) or the last.
 
@@ -180,7 +220,8 @@ class EpochKeeper:
             self.epoch = row["epoch"]
             return
         score = row.get("val_total")
-        if self.epoch is None or (score is not None and (self.score is None or score > self.score)):
+        # Without a score (no validation positives at all) the latest epoch stands, as "last" would keep.
+        if self.score is None or (score is not None and score > self.score):
             self.epoch, self.score = row["epoch"], score
             self.best = {k: v.detach().cpu().clone() for k, v in model.trainable_state_dict().items()}
 
@@ -188,7 +229,9 @@ class EpochKeeper:
         return {self.PREFIX + k: v for k, v in self.best.items()}
 
     def meta(self) -> dict[str, Any]:
-        if self.rule == "best":
+        if self.rule == "best" and self.score is None:
+            reason = "last epoch (the validation split gave no mAP)"
+        elif self.rule == "best":
             reason = f"best validation epoch {self.epoch} of {self.epochs}"
         else:
             reason = "last epoch" if self.validated else "last epoch (no validation split)"
@@ -237,6 +280,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
         self.last_epoch: dict[str, Any] = {}
+        self.fingerprint = frozen_fingerprint(model.clip)
         self.keep_rule = tc.keep if val is not None else "last"
         self.keeper = EpochKeeper(self.keep_rule, tc.epochs, validated=val is not None)
         self.kept: dict[str, Any] = {}
@@ -378,13 +422,70 @@ class Trainer:
                 self.optimizer,
                 self.scheduler,
                 row["epoch"] - 1,
-                {"config": asdict(self.cfg), "kept": self.keeper.meta()},
+                {"config": asdict(self.cfg), "kept": self.keeper.meta(), "identity": self.identity},
                 extra_tensors=self.keeper.tensors(),
             )
+            tqdm.write(self._summary(row), file=sys.stderr)  # stdout stays the command's result
         self._log(row)
         self.last_epoch = row
         if self.dist.world > 1:
             dist.barrier()
+
+    def _summary(self, row: dict[str, Any]) -> str:
+        """The one line each epoch prints: loss, validation mAP and the best epoch so far."""
+        line = f"epoch {row['epoch']}/{self.cfg.train.epochs}: loss {row['train_loss']:.4f}"
+        if row.get("val_total") is not None:
+            line += f", validation mAP {100 * row['val_total']:.1f}"
+            if self.keep_rule == "best":
+                line += f" (best: epoch {self.keeper.epoch})"
+        return line
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the saved one: classes, backbone and tensor-shaping config."""
+        model_cfg = asdict(self.model.config)
+        backbone = model_cfg.pop("backbone")
+        return {
+            "class names": list(self.model.class_names),
+            "backbone": backbone["name"],
+            "pretrained tag": backbone["pretrained"],
+            "backbone weights (fingerprint)": self.fingerprint,
+            "model": model_cfg,
+        }
+
+    def _check_resumable(self, state_path: Path) -> None:
+        """Refuse, before anything is written, a resume that would load tensors into another model."""
+        saved = read_state_meta(state_path).get("identity", {})
+        here = self.identity
+        for key, theirs in saved.items():
+            ours = here.get(key)
+            if ours == theirs:
+                continue
+            if key == "class names":
+                only_here = [c for c in ours if c not in theirs]
+                only_run = [c for c in theirs if c not in ours]
+                what = (
+                    f"only in this config {only_here}, only in the run {only_run}"
+                    if only_here or only_run
+                    else f"same names in another order: the run's order is {theirs}"
+                )
+                diff = f"the class list differs ({what})"
+            elif key == "model":
+                field = _first_difference(ours, theirs, "model")
+                diff = f"{field[0]} is {field[1]!r} here but {field[2]!r} in the run"
+            else:
+                diff = f"the {key} differs: {ours} here, {theirs} in the run"
+            raise ResumeError(
+                f"cannot resume {self.out_dir}: {diff}; undo the change or train into another folder (--out)"
+            )
+        shapes = read_state_shapes(state_path, "model/")
+        ours = {k: tuple(v.shape) for k, v in self.model.trainable_state_dict().items()}
+        if shapes != ours:
+            key = sorted(set(shapes) ^ set(ours)) or [k for k in ours if shapes[k] != ours[k]]
+            raise ResumeError(
+                f"cannot resume {self.out_dir}: its trained tensors do not fit this model ({key[0]}); "
+                "undo the change or train into another folder (--out)"
+            )
 
     def fit(
         self,
@@ -400,8 +501,10 @@ class Trainer:
         The checkpoint holds the epoch ``train.keep`` selects; ``self.kept`` says which and why.
         """
         tc = self.cfg.train
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         state_path = self.out_dir / STATE_FILE
+        if resume and state_path.is_file():
+            self._check_resumable(state_path)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         start = 0
         self.keeper = EpochKeeper(self.keep_rule, tc.epochs, validated=self.val_records is not None)
         if resume and state_path.is_file():
