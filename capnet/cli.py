@@ -408,7 +408,7 @@ def add_data(sub: argparse._SubParsersAction) -> None:
         "Data sets by name (voc-lt, coco-lt): `fetch` downloads, verifies and extracts one.",
         "capnet data fetch voc-lt --root data",
     )
-    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", help="what to do")
     p = subparser(
         actions,
         "fetch",
