@@ -18,6 +18,10 @@ class ImageError(ValueError):
     """A file that is not a readable image, or one too large to decode safely."""
 
 
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed: refused unread, not mistaken for a corrupt file."""
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and float greyscale: rescale the real range to 8 bits instead of clipping at 255.
@@ -35,10 +39,42 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _too_large(label: str, width: int, height: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"{label}: too large ({width}x{height} is {width * height / 1e6:g} megapixels; "
+        f"at most {max_pixels / 1e6:g} are allowed)"
+    )
+
+
+def _decode(image: Image.Image, min_side: int | None) -> Image.Image:
+    """Load the pixels, smaller by a whole factor when the short side stays at least ``min_side``.
+
+    JPEG scales down inside the decoder (``draft``: a 40-megapixel photo never exists at full size);
+    other formats are reduced right after loading, before the copies that conversion makes.
+    """
+    factor = max(1, min(image.size) // min_side) if min_side else 1
+    if factor > 1 and image.format == "JPEG":
+        image.draft(image.mode, (image.width // factor, image.height // factor))
+    image.load()
+    factor = max(1, min(image.size) // min_side) if min_side else 1
+    if factor > 1 and image.mode not in ("P", "1"):  # reduce cannot average palette indices
+        return image.reduce(factor)
+    return image
+
+
 def load_image(
-    source: str | Path | bytes | BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+    source: str | Path | bytes | BinaryIO,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    min_side: int | None = None,
 ) -> Image.Image:
-    """Decode ``source`` to an upright RGB image, or raise ImageError with one readable line."""
+    """Decode ``source`` to an upright RGB image, or raise ImageError with one readable line.
+
+    With ``min_side``, large images come back reduced by a whole factor that keeps their short side at
+    least ``min_side`` pixels: what a model that resizes to ``min_side`` or less needs, at a fraction of
+    the memory.
+    """
     label = name or (Path(source).name if isinstance(source, (str, Path)) else "image")
     if isinstance(source, bytes):
         source = io.BytesIO(source)
@@ -49,17 +85,19 @@ def load_image(
         with image:
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageError(
-                    f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels, "
-                    f"more than the {max_pixels / 1e6:.0f} allowed"
-                )
-            image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+                raise _too_large(label, width, height, max_pixels)
+            decoded = _decode(image, min_side)
+            upright = ImageOps.exif_transpose(decoded)
+            return _to_rgb(upright)
     except ImageError:
         raise
+    except Image.DecompressionBombError:
+        # Pillow's own guard fires inside open() for images far past any sane size.
+        allowed = f"more than {max_pixels / 1e6:g} megapixels allowed"
+        raise ImageTooLarge(f"{label}: too large ({allowed})") from None
     except FileNotFoundError:
         raise ImageError(f"{label}: file not found") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{label}: corrupt or truncated image ({exc.__class__.__name__})") from None
