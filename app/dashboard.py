@@ -272,5 +272,5 @@ def failures(run: Run, class_name: str, k: int = 6) -> tuple[list[tuple[Image.Im
         note += f"; {unscored} row(s) without a usable score or label skipped"
     if missing:
         shown = ", ".join(missing[:4]) + ("…" if len(missing) > 4 else "")
-        note += f"; {len(missing)} {NOT_IN_REPORT} ({shown})"
+        note += f"; {NOT_IN_REPORT}: {len(missing)} ({shown})"
     return items, f"{who}: {text.md(note)}"

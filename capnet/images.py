@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -91,10 +92,11 @@ def load_image(
             return _to_rgb(upright)
     except ImageError:
         raise
-    except Image.DecompressionBombError:
-        # Pillow's own guard fires inside open() for images far past any sane size.
-        allowed = f"more than {max_pixels / 1e6:g} megapixels allowed"
-        raise ImageTooLarge(f"{label}: too large ({allowed})") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard fires inside open() for images far past any sane size; it says how large.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:g} megapixels; " if found else ""
+        raise ImageTooLarge(f"{label}: too large ({size}at most {max_pixels / 1e6:g} are allowed)") from None
     except FileNotFoundError:
         raise ImageError(f"{label}: file not found") from None
     except UnidentifiedImageError:

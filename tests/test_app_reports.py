@@ -81,7 +81,7 @@ def test_paths_outside_the_report_are_never_opened(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"opened {self}"))
     items, note = dash.failures(runs[0], "aeroplane", k=len(paths))
     assert items == []
-    assert f"{len(paths)} {dash.NOT_IN_REPORT}" in note.replace("\\", "")
+    assert f"{dash.NOT_IN_REPORT}: {len(paths)} (" in note.replace("\\", "")
     assert not [f for f in opened if "passwd" in f or "secret" in f or f.endswith(("app.py", "README.md"))]
 
 
@@ -113,7 +113,7 @@ def test_a_zip_report_shows_its_own_images_and_nothing_else(tmp_path):
     items, note = dash.failures(runs[0], "aeroplane", k=20)
     colours = [image.getpixel((5, 5)) for image, _ in items]
     assert colours == [(255, 0, 0), (0, 128, 0)]
-    assert f"{len(SERVER_FILES) + 1} {dash.NOT_IN_REPORT}" in note.replace("\\", "")
+    assert f"{dash.NOT_IN_REPORT}: {len(SERVER_FILES) + 1} (" in note.replace("\\", "")
 
 
 @pytest.mark.parametrize(

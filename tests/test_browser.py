@@ -9,10 +9,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -22,6 +18,7 @@ from PIL import Image
 
 from capnet.checkpoint import read_metadata
 from tests.common import VOC_CLASSES
+from tests.serve_app import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -43,54 +40,11 @@ if sync_playwright is None or not Path(CHROMIUM).exists():
 expect.set_options(timeout=60_000)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     """The app's URL and its log file (shown beside a failing test)."""
-    port = _free_port()
-    home = tmp_path_factory.mktemp("home")
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(home),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [
-        sys.executable,
-        str(ROOT / "tests" / "serve_app.py"),
-        "--model",
-        "capnet-tiny",
-        "--pretrained",
-        "",
-        "--port",
-        str(port),
-        "--checkpoint",
-        "",
-    ]
-    log = open(home / "app.log", "w")  # noqa: SIM115 (the server writes to it until teardown)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError((home / "app.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("the app did not start within 120 s")
-    yield url, home / "app.log"
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(tmp_path_factory.mktemp("home")) as (url, log, _pid):
+        yield url, log
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +217,9 @@ def test_bad_inputs_show_a_message_and_the_app_stays_up(page, tmp_path):
     _tab(page, "Fine-tune")
     page.locator("#ft-zip input[type=file]").set_input_files(str(bad_csv))
     page.locator("#ft-start").click()
-    expect(page.locator("#ft-status")).to_contain_text("⚠")
+    expect(page.locator("#ft-status")).to_have_text(
+        "⚠ labels.csv: the header must name the columns 'path' and 'labels', found ['filename;tags']"
+    )
 
     # Still serving: a normal prediction works afterwards.
     _tab(page, "Predict")
