@@ -6,7 +6,7 @@ STAMP := $(VENV)/.capnet-installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install test lint app bench pretrain ablation clean
+.PHONY: install test lint app bench soak pretrain ablation clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ app: $(STAMP)
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--threads 1" on a shared machine.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# The app under load on localhost (not part of `make test`): 20 rounds of 8 concurrent 16-image requests at
+# the 40-megapixel limit; prints peak and idle RSS. SOAK_ARGS passes options, e.g. "--rounds 5 --format png".
+soak: $(STAMP)
+	$(PY) tools/soak.py $(SOAK_ARGS)
 
 # The synthetic world: retrain the shipped tiny CLIP (about 20 minutes on two CPU cores), run the ablation.
 pretrain: $(STAMP)

@@ -111,6 +111,19 @@ def test_predict_upload_and_read_predictions(page, tmp_path):
     _shot(page, "predict")
 
 
+def test_user_text_shows_as_typed(page):
+    page.get_by_label("Custom", exact=True).first.check()
+    page.locator("#custom textarea").fill("<img src=x id=pwn>, <b>bold</b>, [click](http://evil.example)")
+    page.get_by_label("coffee").check()
+    page.locator("#predict").click()
+    expect(page.locator("#message")).to_contain_text("1 image(s), 3 labels")
+    expect(page.locator("#predict-plot")).to_contain_text("<b>bold</b>")
+    expect(page.locator("#predict-plot")).to_contain_text("[click](http://evil.example)")
+    expect(page.locator("#predict-image img")).to_be_visible()  # the image beside its ranked labels
+    assert page.locator("#pwn").count() == 0
+    assert page.locator("a[href='http://evil.example']").count() == 0
+
+
 def test_graph_slider_recomputes(page):
     _tab(page, "Label graph")
     stats = page.locator("#graph-stats")
@@ -121,6 +134,8 @@ def test_graph_slider_recomputes(page):
     number.press("Enter")
     expect(stats).not_to_have_text(before)
     assert "edges" in stats.inner_text()
+    expect(page.locator("#graph-plot .plot-container")).to_be_visible()
+    page.wait_for_timeout(500)  # the redrawn figure settles
     _shot(page, "label-graph")
 
 
