@@ -121,9 +121,9 @@ def build(served: ServedModels, tuned: gr.State) -> PredictTab:
             gr.Gallery(
                 [(image, name) for name, image in samples.items()],
                 label="Sample scenes (synthetic)" if served.world else "Sample photos (scikit-image)",
-                columns=len(samples),
-                rows=1,
-                height=130,
+                columns=3,
+                rows=2,
+                height=250,
                 object_fit="cover",
                 allow_preview=False,
                 elem_id="sample-gallery",
