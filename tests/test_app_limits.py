@@ -172,3 +172,11 @@ def test_exif_rotation_survives_the_reduction():
     buf = io.BytesIO()
     Image.new("RGB", (4000, 2000), "red").save(buf, format="JPEG", exif=exif.tobytes())
     assert load_image(buf.getvalue(), min_side=512).size == (1000, 2000)
+
+
+def test_the_demo_sweeps_gradios_cache(tiny_backbone):
+    from app.models import ServedModels
+    from app.ui import build_demo
+
+    demo = build_demo(ServedModels(tiny_backbone(), "banner"))
+    assert demo.delete_cache == limits.CACHE_SWEEP and limits.CACHE_SWEEP[1] <= 24 * 3600

@@ -22,7 +22,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app.limits import LR_MAX, MAX_IMAGES, MAX_LABELS, MAX_UPLOAD_BYTES
+from app.limits import LR_MAX, MAX_FT_IMAGES, MAX_IMAGES, MAX_LABELS, MAX_PIXELS, MAX_UPLOAD_BYTES
 from tests.serve_app import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,6 +312,31 @@ def test_limits_through_the_app(client, server, tmp_path):
     message = client.predict(files, [], "VOC", "", 0.5, False, api_name="/predict")[0]
     assert f"Skipped: at most {MAX_IMAGES} images per prediction: img16.png left out" in _plain(message)
     assert f"{MAX_IMAGES} image(s), 20 labels" in _plain(message)
+    width = 8000
+    at_limit = _png(tmp_path / "at-limit.png", 60, (width, MAX_PIXELS // width), mode="L")
+    one_row_more = _png(tmp_path / "one-row-more.png", 60, (width, MAX_PIXELS // width + 1), mode="L")
+    message = client.predict(
+        [handle_file(str(at_limit)), handle_file(str(one_row_more))],
+        [],
+        "VOC",
+        "",
+        0.5,
+        False,
+        api_name="/predict",
+    )[0]
+    assert "one-row-more.png: too large (8000x5001 is 40.008 megapixels" in _plain(message)
+    assert "1 image(s), 20 labels" in _plain(message)
+    one = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(one, format="PNG")
+    for n, ok in ((MAX_FT_IMAGES, True), (MAX_FT_IMAGES + 1, False)):
+        archive = tmp_path / f"ft{n}.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            for k in range(n):
+                zf.writestr(f"i{k}.png", one.getvalue())
+            rows = "".join(f"i{k}.png,{'a' if k % 2 else 'b'}\n" for k in range(n))
+            zf.writestr("labels.csv", "path,labels\n" + rows)
+        status = _plain(_finetune(client, archive))
+        assert ("301 images; the app fine-tunes on at most 300" in status) != ok, status
     exact = _write(tmp_path / "exact.bin", b"\0" * MAX_UPLOAD_BYTES)
     over = _write(tmp_path / "over.bin", b"\0" * (MAX_UPLOAD_BYTES + 1))
     assert _upload(server["url"], exact) == 200
