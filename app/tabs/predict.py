@@ -123,7 +123,7 @@ def build(served: ServedModels, tuned: gr.State) -> PredictTab:
                 label="Sample scenes (synthetic)" if served.world else "Sample photos (scikit-image)",
                 columns=3,
                 rows=2,
-                height=250,
+                height=280,
                 object_fit="cover",
                 allow_preview=False,
                 elem_id="sample-gallery",
