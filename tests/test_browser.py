@@ -7,6 +7,7 @@ keep a screenshot of each tab in test-artifacts/. Under CI=true they never skip.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import urllib.request
@@ -147,6 +148,26 @@ def test_dashboard_shows_bundled_reports_and_gallery(page):
     expect(page.locator("#dash-table")).to_contain_text("GCN, text-embedding graph")
     expect(page.locator("#gallery img").first).to_be_visible()
     _shot(page, "dashboard")
+
+
+def test_report_fields_show_as_typed(page, tmp_path):
+    report = json.loads((ROOT / "assets" / "reports" / "synthetic-bce" / "report.json").read_text())
+    report["name"] = "<img src=x id=pwn2>"
+    report["per_class"][0]["class"] = report["class_names"][0] = "<img src=x id=pwn3> [a](http://e.x)"
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    _tab(page, "Head vs tail")
+    # the bundled reports show on load; then only the uploaded one
+    expect(page.locator("#dash-message")).to_contain_text("capnet.world.ablation")
+    for name in ("GCN, co-occurrence graph", "+ GCN, text-embedding graph"):
+        page.get_by_label(name, exact=True).uncheck()
+    page.locator("#report-upload input[type=file]").set_input_files(str(path))
+    page.locator("#show-reports").click()
+    message = page.locator("#dash-message")
+    expect(message).to_contain_text("<img src=x id=pwn2>: tools/make_example_reports.py")
+    expect(page.locator("#dash-table")).to_contain_text("<img src=x id=pwn3> [a](http://e.x)")
+    expect(page.locator("#dash-scatter")).to_contain_text("<img src=x id=pwn2>")
+    assert page.locator("#pwn2, #pwn3, a[href='http://e.x']").count() == 0
 
 
 def _set_epochs(page, epochs: int) -> None:
