@@ -6,7 +6,7 @@ STAMP := $(VENV)/.capnet-installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install test lint app bench pretrain ablation reproduce clean
+.PHONY: help install test lint app bench soak pretrain ablation reproduce clean
 
 help:
 	@echo "make targets (each sets up .venv first when needed):"
@@ -15,6 +15,7 @@ help:
 	@echo "  lint      ruff check and format check"
 	@echo "  app       start the Gradio app on http://localhost:7860"
 	@echo "  bench     benchmarks against bare open_clip (BENCH_ARGS passes options)"
+	@echo "  soak      the app under load on localhost: peak and idle memory (SOAK_ARGS passes options)"
 	@echo "  pretrain  retrain the tiny CLIP into runs/pretrain/ (PRETRAIN_OUT=checkpoints/capnet-synth.safetensors"
 	@echo "            replaces the shipped file that the tests guard)"
 	@echo "  ablation  the Synth-LT ablation into runs/ablation"
@@ -50,6 +51,11 @@ app: $(STAMP)
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--threads 1" on a shared machine.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# The app under load on localhost (not part of `make test`): 20 rounds of 8 concurrent 16-image requests at
+# the 40-megapixel limit; prints peak and idle RSS. SOAK_ARGS passes options, e.g. "--rounds 5 --format png".
+soak: $(STAMP)
+	$(PY) tools/soak.py $(SOAK_ARGS)
 
 # The synthetic world: retrain the shipped tiny CLIP (about 20 minutes on two CPU cores), run the ablation.
 pretrain: $(STAMP)

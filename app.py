@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from app.limits import MAX_UPLOAD_BYTES
 from app.models import ModelChoice, load_served_models
-from app.ui import build_demo
+from app.ui import CSS, build_demo
 from capnet.config import BackboneConfig
-
-MAX_UPLOAD = "20mb"
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,7 +37,7 @@ def main() -> None:
     choice = ModelChoice(backbone, args.checkpoint)
     demo = build_demo(load_served_models(choice))
     demo.queue(default_concurrency_limit=2).launch(
-        server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD
+        server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES, css=CSS
     )
 
 

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
+from PIL import Image
 
+from app import text
 from app.graph_view import GROUP_COLOURS
+from app.limits import MAX_PIXELS, MAX_REPORT_BYTES, MAX_REPORTS
+from app.report_files import ROOT, AssetFiles, ReportFileError, ZipFiles, read_zip
+from app.report_schema import ReportError, validate_report
+from capnet.images import ImageError, load_image
 
-ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "assets" / "reports"
 GROUP_ORDER = ("total", "head", "medium", "tail")
-MAX_REPORT_BYTES = 20_000_000
+# Runs are told apart by these colours, none of them a group's colour (blue head, orange medium, red tail).
+RUN_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+NOT_IN_REPORT = "image not in the report"
+THUMBNAIL_SIDE = 192
 
 
 @dataclass
@@ -22,7 +31,8 @@ class Run:
     name: str
     report: dict
     scores: pd.DataFrame | None
-    base: Path  # where relative image paths may also be found
+    files: AssetFiles | ZipFiles  # the only places the gallery reads images from
+    scores_note: str = ""  # why there is no gallery, when there is none
 
     @property
     def setting(self) -> str:
@@ -34,52 +44,97 @@ class Run:
         return frame
 
 
-def _read_json(path: Path) -> dict:
-    if path.stat().st_size > MAX_REPORT_BYTES:
-        raise ValueError(f"{path.name} is larger than {MAX_REPORT_BYTES // 1_000_000} MB")
+def _parse_json(data: bytes, where: str) -> dict:
+    if len(data) > MAX_REPORT_BYTES:
+        raise ReportError(f"{where} is larger than {MAX_REPORT_BYTES // 1_000_000} MB")
     try:
-        report = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{path.name} is not a JSON file") from None
-    if not isinstance(report, dict) or not {"results", "per_class", "class_names"} <= set(report):
-        raise ValueError(f"{path.name} is not a capnet eval report (no results / per_class / class_names)")
-    return report
+        report = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise ReportError(f"{where} is not a JSON file") from None
+    return validate_report(report, where)
 
 
-def load_run(report_path: Path, scores_path: Path | None = None, name: str | None = None) -> Run:
-    """A report.json, with the scores.csv beside it (or the one given) for the failure gallery."""
-    report = _read_json(report_path)
-    scores_path = scores_path or report_path.with_name("scores.csv")
-    scores = None
-    if scores_path.is_file():
-        try:
-            scores = pd.read_csv(scores_path)
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
-            raise ValueError(f"{scores_path.name} is not a readable CSV file") from None
-    return Run(name or report.get("name") or report_path.parent.name, report, scores, report_path.parent)
+def _parse_scores(data: bytes | None, where: str) -> tuple[pd.DataFrame | None, str]:
+    """The per-image scores, or None and a line saying why the gallery is off (the report still shows)."""
+    if data is None:
+        return None, "no scores.csv, so no gallery"
+    if len(data) > MAX_REPORT_BYTES:
+        return None, f"{where} is larger than {MAX_REPORT_BYTES // 1_000_000} MB, so no gallery"
+    try:
+        scores = pd.read_csv(io.BytesIO(data), dtype={"path": str, "image_id": str})
+    except pd.errors.EmptyDataError:
+        return None, f"{where} is empty, so no gallery"
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError):
+        return None, f"{where} is not a readable CSV file, so no gallery"
+    missing = [c for c in ("image_id", "path") if c not in scores]
+    if missing:
+        return None, f"{where} has no column {', '.join(missing)}, so no gallery"
+    if scores.empty:
+        return None, f"{where} has no rows, so no gallery"
+    return scores, ""
+
+
+def _run(report_bytes: bytes, scores_bytes: bytes | None, files, where: str, fallback: str) -> Run:
+    report = _parse_json(report_bytes, where)
+    scores, note = _parse_scores(scores_bytes, "scores.csv")
+    return Run(report.get("name") or fallback, report, scores, files, note)
 
 
 def bundled_runs() -> list[Run]:
-    return [load_run(p) for p in sorted(BUNDLED.glob("*/report.json"))]
+    runs = []
+    for path in sorted(BUNDLED.glob("*/report.json")):
+        scores = path.with_name("scores.csv")
+        data = scores.read_bytes() if scores.is_file() else None
+        runs.append(_run(path.read_bytes(), data, AssetFiles(path.parent), path.name, path.parent.name))
+    return runs
+
+
+def _runs_from_zip(path: Path, upload: str) -> list[Run]:
+    files = read_zip(path, upload)
+    reports = sorted(m for m in files.members if m.rsplit("/", 1)[-1] == "report.json")
+    if not reports:
+        raise ReportFileError(f"{upload} holds no report.json")
+    runs = []
+    for member in reports:
+        folder = tuple(member.split("/")[:-1])
+        scores = files.members.get("/".join((*folder, "scores.csv")))
+        where = f"{upload}: {member}"
+        runs.append(_run(files.members[member], scores, files.folder(folder), where, Path(upload).stem))
+    return runs
 
 
 def runs_from_uploads(paths: list[str]) -> tuple[list[Run], list[str]]:
-    """Uploaded report.json files, each paired with an uploaded CSV of the same stem prefix if any."""
+    """Uploaded reports: zips of report.json + scores.csv + images, or a report.json with a CSV beside it.
+
+    A bare report.json's gallery can only show images of the bundled assets/ folder; a zip's, its own.
+    """
     runs, problems = [], []
-    csvs = [Path(p) for p in paths if p.lower().endswith(".csv")]
-    for raw in paths:
-        path = Path(raw)
-        if path.suffix.lower() == ".csv":
-            continue
+    uploads = [Path(p) for p in paths]
+    csvs = [p for p in uploads if p.suffix.lower() == ".csv"]
+    for path in uploads:
+        upload = path.name  # Gradio keeps the name the user's file had
         try:
-            scores = csvs.pop(0) if csvs else None
-            runs.append(load_run(path, scores, name=None))
-        except (ValueError, OSError) as exc:
+            if path.suffix.lower() == ".zip":
+                runs += _runs_from_zip(path, upload)
+            elif path.suffix.lower() != ".csv":
+                if path.stat().st_size > MAX_REPORT_BYTES:
+                    raise ReportError(f"{upload} is larger than {MAX_REPORT_BYTES // 1_000_000} MB")
+                scores = csvs.pop(0) if csvs else None
+                data = None
+                if scores is not None and scores.stat().st_size <= MAX_REPORT_BYTES:
+                    data = scores.read_bytes()
+                runs.append(_run(path.read_bytes(), data, AssetFiles(), upload, path.stem))
+        except (ReportError, ReportFileError) as exc:
             problems.append(str(exc))
+        except OSError:
+            problems.append(f"{upload} could not be read")
+    if len(runs) > MAX_REPORTS:
+        problems.append(f"{len(runs)} reports uploaded; the first {MAX_REPORTS} are shown")
+        runs = runs[:MAX_REPORTS]
     return runs, problems
 
 
-def _dedupe(runs: list[Run]) -> list[Run]:
+def dedupe(runs: list[Run]) -> list[Run]:
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.name] = seen.get(run.name, 0) + 1
@@ -90,61 +145,75 @@ def _dedupe(runs: list[Run]) -> list[Run]:
 
 def group_bars(runs: list[Run]) -> go.Figure:
     fig = go.Figure()
-    for run in _dedupe(runs):
+    for k, run in enumerate(runs):
         res = run.report["results"][run.setting]
         values = [None if res.get(g) is None else 100 * res[g] for g in GROUP_ORDER]
         fig.add_bar(
             x=list(GROUP_ORDER),
             y=values,
-            name=f"{run.name} ({run.setting})",
+            name=text.plot(f"{run.name} ({run.setting})"),
+            marker_color=RUN_COLOURS[k % len(RUN_COLOURS)],
             text=[f"{v:.1f}" if v is not None else "n/a" for v in values],
             textposition="outside",
         )
     fig.update_layout(
         barmode="group",
-        yaxis=dict(title="mAP (%)", range=[0, 105]),
+        yaxis=dict(title="mAP (%)", range=[0, 112]),
         height=400,
         margin=dict(l=10, r=10, t=40, b=10),
-        title="mAP by class group",
+        title="mAP by class group (colour: run)",
         legend=dict(orientation="h", y=-0.15),
     )
     return fig
 
 
 def ap_vs_count(runs: list[Run]) -> go.Figure:
-    """Per-class AP against training count: where the tail sits is where long-tailed methods differ."""
+    """Per-class AP against training count: where the tail sits is where long-tailed methods differ.
+
+    Colour is the class group (as in the other tabs), the marker's shape the run: both have a legend.
+    """
     fig = go.Figure()
     symbols = ["circle", "diamond", "square", "triangle-up", "x"]
     for k, run in enumerate(runs):
         frame = run.per_class()
         ap = frame[f"ap_{run.setting}"]
+        name = text.plot(run.name)
         fig.add_trace(
             go.Scatter(
                 x=frame.train_count.clip(lower=1),
                 y=100 * ap,
                 mode="markers",
-                name=run.name,
+                name=name,
+                showlegend=False,
                 marker=dict(
                     size=10,
                     symbol=symbols[k % len(symbols)],
                     color=[GROUP_COLOURS.get(g, "#7f7f7f") for g in frame.group],
                 ),
-                text=frame["class"],
+                text=[text.plot(c) for c in frame["class"]],
                 customdata=frame.group,
-                hovertemplate="%{text}<br>%{x} training images (%{customdata})<br>AP %{y:.1f}<extra>"
-                + run.name
-                + "</extra>",
+                hovertemplate="%{text}<br>%{x} training images (%{customdata})<br>AP %{y:.1f}"
+                "<extra>%{fullData.name}</extra>",
             )
         )
+        fig.add_trace(_legend_entry(name, "#555555", symbols[k % len(symbols)]))
+    for group in ("head", "medium", "tail"):
+        fig.add_trace(_legend_entry(group, GROUP_COLOURS[group], "circle"))
     fig.update_layout(
         xaxis=dict(type="log", title="training images of the class (log)"),
         yaxis=dict(title="AP (%)", range=[0, 105]),
         height=400,
-        title="per-class AP",
+        title="per-class AP (colour: class group, shape: run)",
         margin=dict(l=10, r=10, t=40, b=10),
         legend=dict(orientation="h", y=-0.2),
     )
     return fig
+
+
+def _legend_entry(name: str, colour: str, symbol: str) -> go.Scatter:
+    return go.Scatter(
+        x=[None], y=[None], mode="markers", name=name, marker=dict(size=10, color=colour, symbol=symbol)
+    )
 
 
 def per_class_table(runs: list[Run]) -> pd.DataFrame:
@@ -156,35 +225,52 @@ def per_class_table(runs: list[Run]) -> pd.DataFrame:
     return frame
 
 
-def _image_path(run: Run, raw: str) -> str | None:
-    for candidate in (Path(raw), ROOT / raw, run.base / raw):
-        if candidate.is_file():
-            return str(candidate)
-    return None
+def _thumbnail(run: Run, raw: str) -> Image.Image | None:
+    data = run.files.read(raw)
+    if data is None:
+        return None
+    try:
+        image = load_image(data, max_pixels=MAX_PIXELS, name=Path(raw).name, min_side=THUMBNAIL_SIDE)
+    except ImageError:
+        return None
+    image.thumbnail((2 * THUMBNAIL_SIDE, 2 * THUMBNAIL_SIDE))
+    return image
 
 
-def failures(run: Run, class_name: str, k: int = 6) -> tuple[list[tuple[str, str]], str]:
-    """Worst false negatives (positives scored lowest) and false positives (negatives scored highest)."""
+def failures(run: Run, class_name: str, k: int = 6) -> tuple[list[tuple[Image.Image, str]], str]:
+    """Worst false negatives (positives scored lowest) and false positives (negatives scored highest).
+
+    Images come only from the run's own files (its zip, or the bundled assets/): a path pointing
+    anywhere else counts as an image not in the report and is never opened.
+    """
+    who = f"**{text.md(run.name)}**"
     if run.scores is None:
-        return [], f"{run.name}: no scores.csv, so no gallery"
+        return [], f"{who}: {text.md(run.scores_note or 'no scores.csv, so no gallery')}"
     p, y = f"p:{class_name}", f"y:{class_name}"
-    if p not in run.scores or y not in run.scores:
-        return [], f"{run.name} has no class '{class_name}'"
+    lacking = [c for c in (p, y) if c not in run.scores]
+    if lacking:
+        return [], f"{who}: scores.csv has no column {text.md(' or '.join(lacking))}, so no gallery"
     threshold = run.report.get("threshold", 0.5)
-    pos = run.scores[run.scores[y] == 1].sort_values(p).head(k)
-    neg = run.scores[run.scores[y] == 0].sort_values(p, ascending=False).head(k)
-    items, missing = [], 0
+    scores = run.scores.assign(**{p: pd.to_numeric(run.scores[p], errors="coerce")})
+    usable = scores[p].notna() & scores[y].isin([0, 1])
+    unscored = int((~usable).sum())
+    scores = scores[usable]
+    pos = scores[scores[y] == 1].sort_values(p).head(k)
+    neg = scores[scores[y] == 0].sort_values(p, ascending=False).head(k)
+    items, missing = [], []
     for kind, rows in (("missed", pos), ("false alarm", neg)):
         for _, row in rows.iterrows():
-            path = _image_path(run, str(row["path"]))
-            if path is None:
-                missing += 1
+            image = _thumbnail(run, str(row["path"]))
+            if image is None:
+                missing.append(Path(str(row["path"])).name)
                 continue
             wrong = (row[p] < threshold) if kind == "missed" else (row[p] >= threshold)
-            items.append(
-                (path, f"{kind}{'' if wrong else ' (ranked low)'}: {row['image_id']} p={row[p]:.2f}")
-            )
+            caption = f"{kind}{'' if wrong else ' (ranked low)'}: {row['image_id']} p={row[p]:.2f}"
+            items.append((image, caption))
     note = f"{len(pos)} lowest-scored positives and {len(neg)} highest-scored negatives of '{class_name}'"
+    if unscored:
+        note += f"; {unscored} row(s) without a usable score or label skipped"
     if missing:
-        note += f"; {missing} image file(s) not found on this machine"
-    return items, note
+        shown = ", ".join(missing[:4]) + ("…" if len(missing) > 4 else "")
+        note += f"; {NOT_IN_REPORT}: {len(missing)} ({shown})"
+    return items, f"{who}: {text.md(note)}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
+import math
+import shutil
 import threading
 import time
 import zipfile
@@ -12,6 +13,17 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from app.limits import (
+    LR_MAX,
+    LR_MIN,
+    MAX_EPOCHS,
+    MAX_FT_IMAGES,
+    MAX_LABELS,
+    MAX_SECONDS,
+    MAX_ZIP_BYTES,
+    MAX_ZIP_FILES,
+    MIN_FT_IMAGES,
+)
 from capnet.backbone import Backbone, load_backbone
 from capnet.checkpoint import save_checkpoint
 from capnet.config import (
@@ -30,11 +42,9 @@ from capnet.metrics import lt_map
 from capnet.model import CapNet
 from capnet.world.squares import write_csv_dataset
 
-MAX_IMAGES = 300
-MAX_EPOCHS = 20
-MAX_SECONDS = 300
-MAX_ZIP_BYTES = 200_000_000
-MAX_ZIP_FILES = 2_000
+MAX_IMAGES = MAX_FT_IMAGES
+PARTS = ("prompts", "gcn", "adapters")
+LOSSES = ("dbfocal", "bce", "focal", "asl")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -77,6 +87,11 @@ class JobSlot:
         with self._lock:
             if ticket is self._ticket:
                 self._since = self._owner = None
+
+
+def remove_tree(folder: Path) -> None:
+    """Remove a job's folder whatever it holds; a folder already gone is fine."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Cancelled(Exception):
@@ -147,12 +162,32 @@ def bundled_sample(workdir: Path) -> Job:
 def _checked(records: Records) -> Job:
     if len(records) > MAX_IMAGES:
         raise DataError(f"{len(records)} images; the app fine-tunes on at most {MAX_IMAGES}")
+    if len(records.class_names) > MAX_LABELS:
+        raise DataError(
+            f"{len(records.class_names)} classes; the app fine-tunes at most {MAX_LABELS} "
+            "(as many as Predict serves)"
+        )
     records, problems = check_images(records, skip_bad=True, desc="checking images")
-    if len(records) < 10:
-        raise DataError(f"only {len(records)} usable images: at least 10 are needed")
+    if len(records) < MIN_FT_IMAGES:
+        why = f" ({'; '.join(problems[:3])}{'; …' if len(problems) > 3 else ''})" if problems else ""
+        raise DataError(f"only {len(records)} usable images: at least {MIN_FT_IMAGES} are needed{why}")
     if len(records.class_names) < 2:
         raise DataError("at least two classes are needed")
     return Job(records, problems)
+
+
+def check_settings(parts: set[str], epochs: float, lr: float, loss: str) -> None:
+    """The numbers a user typed, refused with one line when out of bounds (never silently clamped)."""
+    if not parts:
+        raise DataError("choose at least one part to train")
+    if not set(parts) <= set(PARTS):
+        raise DataError(f"the parts that can train are {', '.join(PARTS)}")
+    if epochs is None or not float(epochs).is_integer() or not 1 <= epochs <= MAX_EPOCHS:
+        raise DataError(f"epochs must be a whole number from 1 to {MAX_EPOCHS} (got {epochs})")
+    if lr is None or not math.isfinite(lr) or not LR_MIN <= lr <= LR_MAX:
+        raise DataError(f"the learning rate must lie between {LR_MIN:g} and {LR_MAX:g} (got {lr})")
+    if loss not in LOSSES:
+        raise DataError(f"the loss must be one of {', '.join(LOSSES)}")
 
 
 @dataclass
@@ -179,21 +214,24 @@ def run_job(
     epochs: int,
     lr: float,
     loss: str,
+    workdir: Path,
     seed: int = 0,
     ticket: threading.Event | None = None,
 ) -> Iterator[Update]:
     """Train with the capnet engine one epoch at a time, yielding progress.
 
-    A set ``ticket`` raises ``Cancelled`` before the next step; at the time limit the run stops within
-    a step and keeps what it has learnt.
+    Everything the run writes goes under ``workdir``, which the caller removes when the job ends. A set
+    ``ticket`` raises ``Cancelled`` before the next step; at the time limit the run stops within a step
+    and keeps what it has learnt.
     """
+    check_settings(parts, epochs, lr, loss)
     ticket = ticket if ticket is not None else threading.Event()
 
     def check() -> None:
         if ticket.is_set():
             raise Cancelled(f"after {len(losses)} of {epochs} epochs; nothing was saved")
 
-    epochs, losses = max(1, min(int(epochs), MAX_EPOCHS)), []
+    epochs, losses = int(epochs), []
     train, held = split_validation(job.records, 0.2, seed)
     if held is None or held.labels.sum() == 0:
         raise DataError("the held-out fifth of the images has no labels: upload more images")
@@ -205,7 +243,6 @@ def run_job(
     check()
     before = _held_out_map(model, held, train)
     check()
-    workdir = Path(tempfile.mkdtemp(prefix="capnet-finetune-"))
     cfg = RunConfig(
         name="finetune",
         model=model_cfg,

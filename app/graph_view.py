@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
+from app import text
 from capnet.graph import LabelGraph, cooccurrence_graph, text_graph
 from capnet.metrics import class_groups
 from capnet.model import CapNet
@@ -26,7 +27,13 @@ def build_graph(
 def network_figure(graph: LabelGraph, counts: np.ndarray | None, title: str) -> go.Figure:
     """Nodes sized by training count and coloured by group (when counts are known), edges by weight."""
     nxg = graph.to_networkx()
-    pos = nx.spring_layout(nxg, seed=0, weight="weight") if len(nxg) > 1 else {0: np.zeros(2)}
+    n = len(nxg)
+    # A wider spacing than networkx's default 1/sqrt(n) keeps the labels of 20-80 nodes apart.
+    pos = (
+        nx.spring_layout(nxg, seed=0, weight="weight", k=2.5 / math.sqrt(n), iterations=100)
+        if n > 1
+        else {0: np.zeros(2)}
+    )
     groups = class_groups(counts) if counts is not None else [None] * len(graph.class_names)
     fig = go.Figure()
     edge_x, edge_y = [], []
@@ -48,7 +55,7 @@ def network_figure(graph: LabelGraph, counts: np.ndarray | None, title: str) -> 
         idx = [i for i, g in enumerate(groups) if g == group]
         sizes = [10 + (4 * math.log1p(counts[i]) if counts is not None else 6) for i in idx]
         hover = [
-            f"{graph.class_names[i]}<br>degree {degree[i]}"
+            f"{text.plot(graph.class_names[i])}<br>degree {degree[i]}"
             + (f"<br>{int(counts[i])} training images ({group})" if counts is not None else "")
             for i in idx
         ]
@@ -57,8 +64,9 @@ def network_figure(graph: LabelGraph, counts: np.ndarray | None, title: str) -> 
                 x=[pos[i][0] for i in idx],
                 y=[pos[i][1] for i in idx],
                 mode="markers+text",
-                text=[graph.class_names[i] for i in idx],
+                text=[text.plot(graph.class_names[i]) for i in idx],
                 textposition="top center",
+                textfont=dict(size=11 if len(graph.class_names) <= 30 else 9),
                 hovertext=hover,
                 hoverinfo="text",
                 marker=dict(size=sizes, color=GROUP_COLOURS[group], line=dict(width=1, color="white")),
@@ -79,7 +87,7 @@ def network_figure(graph: LabelGraph, counts: np.ndarray | None, title: str) -> 
 
 def stats_markdown(graph: LabelGraph, label: str) -> str:
     s = graph.stats()
-    isolated = ", ".join(s["isolated"][:10]) or "none"
+    isolated = text.md(", ".join(s["isolated"][:10]) or "none")
     return (
         f"**{label}**: {s['num_edges']} edges, density {s['density']:.2f}, "
         f"mean degree {s['mean_degree']:.1f}, "
@@ -98,7 +106,7 @@ def cooccurrence_view(labels: np.ndarray, names: list[str], mode: str, topk: int
     partners = cooc.sum(1) - 1
     tail = [i for i, g in enumerate(groups) if g == "tail"]
     thin = [names[i] for i in tail if partners[i] < 3]
-    note = (
+    note = text.md(
         f"{len(thin)} of {len(tail)} tail classes co-occur with fewer than 3 other classes in the whole "
         f"training set ({', '.join(thin[:8])}{'…' if len(thin) > 8 else ''}): their co-occurrence rows rest "
         f"on a handful of images, while their text embeddings exist regardless."
@@ -122,8 +130,8 @@ def similarity_heatmaps(model: CapNet) -> go.Figure:
         fig.add_trace(
             go.Heatmap(
                 z=sim,
-                x=names,
-                y=names,
+                x=[text.plot(n) for n in names],
+                y=[text.plot(n) for n in names],
                 zmin=-1,
                 zmax=1,
                 colorscale="RdBu",

@@ -77,11 +77,8 @@ def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_
         banner = f"{note}Serving zero-shot {backbone.config.name} ({backbone.source})."
         if backbone.source == "random initialisation":
             banner += " **Random weights: its predictions mean nothing.** Serve real ones: `--weights PATH`."
-    except WeightsUnavailableError as exc:
-        how = (
-            f"To serve real weights: `python app.py --weights /path/to/ViT-B-16.safetensors` or set "
-            f"`{WEIGHTS_ENV}`, or run once online so open_clip caches them."
-        )
+    except WeightsUnavailableError:
+        how = f"Real weights: `python app.py --weights PATH` or `{WEIGHTS_ENV}` (see the README)."
         if SYNTH_WEIGHTS.is_file():
             backbone = load_backbone(
                 name="capnet-synth",
@@ -91,13 +88,10 @@ def load_served_models(choice: ModelChoice, checkpoints_dir: Path = CHECKPOINTS_
             )
             banner = (
                 f"{note}**Offline: serving capnet-synth**, a tiny CLIP trained on synthetic scenes of 20 "
-                f"shape classes (see checkpoints/capnet-synth.md); it knows those scenes, not real photos. "
-                f"({exc}.) {how}"
+                f"shape classes: it knows those scenes, not real photos. {how}"
             )
             return ServedModels(backbone, banner, world=True)
         backbone = load_backbone(name="capnet-tiny", pretrained=None, device=choice.backbone.device)
-        banner = (
-            f"{note}**Offline fallback: a tiny CLIP with random weights; its predictions mean nothing.** "
-            f"{exc}. {how}"
-        )
+        banner = f"{note}**Offline fallback: a tiny CLIP with random weights; its predictions mean nothing.**"
+        banner += f" {how}"
     return ServedModels(backbone, banner)

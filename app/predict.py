@@ -13,16 +13,15 @@ import plotly.graph_objects as go
 import torch
 from PIL import Image
 
+from app import text
 from app.graph_view import GROUP_COLOURS
+from app.limits import DECODE_SIDE, MAX_IMAGES, MAX_LABELS, MAX_PIXELS
 from app.models import ServedModels
 from capnet.images import ImageError, load_image
 from capnet.labelsets import PRESETS
 from capnet.metrics import class_groups
 from capnet.model import CapNet, validate_class_names
 from capnet.world.scenes import scene_batch
-
-MAX_IMAGES = 16
-MAX_LABELS = 200
 
 
 def sample_photos() -> dict[str, Image.Image]:
@@ -66,16 +65,41 @@ def parse_labels(preset: str, custom: str) -> tuple[str, ...]:
     return tuple(validate_class_names(names))
 
 
-def read_uploads(paths: Sequence[str | Path]) -> tuple[list[tuple[str, Image.Image]], list[str]]:
-    """Decoded images and one message per file that could not be used."""
+def unique_names(names: Sequence[str], taken: Sequence[str] = ()) -> list[str]:
+    """Names told apart ("a.png", "a.png (2)"): two uploads of one name are still two images."""
+    seen, out = dict.fromkeys(taken, 1), []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
+def over_the_limit(names: Sequence[str], limit: int = MAX_IMAGES) -> str | None:
+    """The message naming the images past ``limit``, or None when all fit."""
+    if len(names) <= limit:
+        return None
+    left = list(names[limit:])
+    shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return f"at most {limit} images per prediction: {shown} left out"
+
+
+def read_uploads(
+    paths: Sequence[str | Path], limit: int = MAX_IMAGES
+) -> tuple[list[tuple[str, Image.Image]], list[str]]:
+    """Decoded images (reduced to what the model needs) and one message per file that could not be used.
+
+    Gradio stores each upload under the name the user's file had, so messages name that, not our path.
+    """
     images, problems = [], []
-    for path in list(paths)[:MAX_IMAGES]:
+    names = unique_names([Path(p).name for p in paths])
+    for path, name in zip(list(paths)[:limit], names):
         try:
-            images.append((Path(path).name, load_image(path)))
+            images.append((name, load_image(path, max_pixels=MAX_PIXELS, name=name, min_side=DECODE_SIDE)))
         except ImageError as exc:
             problems.append(str(exc))
-    if len(paths) > MAX_IMAGES:
-        problems.append(f"only the first {MAX_IMAGES} of {len(paths)} images were used")
+    extra = over_the_limit(names, limit)
+    if extra:
+        problems.append(extra)
     return images, problems
 
 
@@ -88,7 +112,9 @@ class Prediction:
 
 def _probabilities(model: CapNet, images: list[Image.Image], tta: bool) -> torch.Tensor:
     transform = model.image_transform(tta=tta)
-    return model.predict(torch.stack([transform(im) for im in images])).cpu()
+    with torch.inference_mode():
+        batch = torch.stack([transform(im) for im in images])
+        return model.predict(batch).cpu().clone()
 
 
 def calibrate_zero_shot(model: CapNet, references: list[Image.Image], labels_per_image: float = 2.0) -> None:
@@ -137,7 +163,7 @@ def bar_chart(prediction: Prediction, image: str, threshold: float, top: int = 1
         colours = [GROUP_COLOURS[prediction.groups.get(label)] for label in order]
         fig.add_bar(
             y=[
-                f"{label} ({prediction.groups[label]})" if label in prediction.groups else label
+                text.plot(f"{label} ({prediction.groups[label]})" if label in prediction.groups else label)
                 for label in order
             ],
             x=rows.probability,
@@ -146,13 +172,18 @@ def bar_chart(prediction: Prediction, image: str, threshold: float, top: int = 1
             marker=dict(color=colours, pattern_shape="/" if model_name == "zero-shot" else ""),
             hovertemplate="%{y}: %{x:.3f}<extra>" + model_name + "</extra>",
         )
-    fig.add_vline(x=threshold, line_dash="dash", annotation_text=f"threshold {threshold:.2f}")
+    fig.add_vline(
+        x=threshold,
+        line_dash="dash",
+        annotation_text=f"threshold {threshold:.2f}",
+        annotation_position="bottom right",
+    )
     fig.update_layout(
         barmode="group",
         xaxis=dict(range=[0, 1], title="probability"),
-        height=140 + 28 * len(order) * max(1, len(prediction.models)),
-        margin=dict(l=10, r=10, t=30, b=10),
-        title=image,
-        legend=dict(orientation="h"),
+        height=160 + 28 * len(order) * max(1, len(prediction.models)),
+        margin=dict(l=10, r=10, t=40, b=10),
+        title=text.plot(image),
+        legend=dict(orientation="h", y=-0.12),
     )
     return fig

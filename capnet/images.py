@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +19,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 
 class ImageError(ValueError):
     """A file that is not a readable image, or one too large to decode safely."""
+
+
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed: refused unread, not mistaken for a corrupt file."""
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -37,10 +42,42 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _too_large(label: str, width: int, height: int, max_pixels: int) -> ImageTooLarge:
+    return ImageTooLarge(
+        f"{label}: too large ({width}x{height} is {width * height / 1e6:g} megapixels; "
+        f"at most {max_pixels / 1e6:g} are allowed)"
+    )
+
+
+def _decode(image: Image.Image, min_side: int | None) -> Image.Image:
+    """Load the pixels, smaller by a whole factor when the short side stays at least ``min_side``.
+
+    JPEG scales down inside the decoder (``draft``: a 40-megapixel photo never exists at full size);
+    other formats are reduced right after loading, before the copies that conversion makes.
+    """
+    factor = max(1, min(image.size) // min_side) if min_side else 1
+    if factor > 1 and image.format == "JPEG":
+        image.draft(image.mode, (image.width // factor, image.height // factor))
+    image.load()
+    factor = max(1, min(image.size) // min_side) if min_side else 1
+    if factor > 1 and image.mode not in ("P", "1"):  # reduce cannot average palette indices
+        return image.reduce(factor)
+    return image
+
+
 def load_image(
-    source: str | Path | bytes | BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+    source: str | Path | bytes | BinaryIO,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    min_side: int | None = None,
 ) -> Image.Image:
-    """Decode ``source`` to an upright RGB image, or raise ImageError with one readable line."""
+    """Decode ``source`` to an upright RGB image, or raise ImageError with one readable line.
+
+    With ``min_side``, large images come back reduced by a whole factor that keeps their short side at
+    least ``min_side`` pixels: what a model that resizes to ``min_side`` or less needs, at a fraction of
+    the memory.
+    """
     label = name or (Path(source).name if isinstance(source, (str, Path)) else "image")
     if isinstance(source, bytes):
         source = io.BytesIO(source)
@@ -51,17 +88,20 @@ def load_image(
         with image:
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageError(
-                    f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels, "
-                    f"more than the {max_pixels / 1e6:.0f} allowed"
-                )
-            image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+                raise _too_large(label, width, height, max_pixels)
+            decoded = _decode(image, min_side)
+            upright = ImageOps.exif_transpose(decoded)
+            return _to_rgb(upright)
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard fires inside open() for images far past any sane size; it says how large.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:g} megapixels; " if found else ""
+        raise ImageTooLarge(f"{label}: too large ({size}at most {max_pixels / 1e6:g} are allowed)") from None
     except FileNotFoundError:
         raise ImageError(f"{label}: file not found") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{label}: corrupt or truncated image ({exc.__class__.__name__})") from None

@@ -7,12 +7,9 @@ keep a screenshot of each tab in test-artifacts/. Under CI=true they never skip.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -22,6 +19,7 @@ from PIL import Image
 
 from capnet.checkpoint import read_metadata
 from tests.common import VOC_CLASSES
+from tests.serve_app import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -43,54 +41,11 @@ if sync_playwright is None or not Path(CHROMIUM).exists():
 expect.set_options(timeout=60_000)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     """The app's URL and its log file (shown beside a failing test)."""
-    port = _free_port()
-    home = tmp_path_factory.mktemp("home")
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(home),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [
-        sys.executable,
-        str(ROOT / "tests" / "serve_app.py"),
-        "--model",
-        "capnet-tiny",
-        "--pretrained",
-        "",
-        "--port",
-        str(port),
-        "--checkpoint",
-        "",
-    ]
-    log = open(home / "app.log", "w")  # noqa: SIM115 (the server writes to it until teardown)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError((home / "app.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("the app did not start within 120 s")
-    yield url, home / "app.log"
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(tmp_path_factory.mktemp("home")) as (url, log, _pid):
+        yield url, log
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +112,19 @@ def test_predict_upload_and_read_predictions(page, tmp_path):
     _shot(page, "predict")
 
 
+def test_user_text_shows_as_typed(page):
+    page.get_by_label("Custom", exact=True).first.check()
+    page.locator("#custom textarea").fill("<img src=x id=pwn>, <b>bold</b>, [click](http://evil.example)")
+    page.get_by_label("coffee").check()
+    page.locator("#predict").click()
+    expect(page.locator("#message")).to_contain_text("1 image(s), 3 labels")
+    expect(page.locator("#predict-plot")).to_contain_text("<b>bold</b>")
+    expect(page.locator("#predict-plot")).to_contain_text("[click](http://evil.example)")
+    expect(page.locator("#predict-image img")).to_be_visible()  # the image beside its ranked labels
+    assert page.locator("#pwn").count() == 0
+    assert page.locator("a[href='http://evil.example']").count() == 0
+
+
 def test_graph_slider_recomputes(page):
     _tab(page, "Label graph")
     stats = page.locator("#graph-stats")
@@ -167,6 +135,8 @@ def test_graph_slider_recomputes(page):
     number.press("Enter")
     expect(stats).not_to_have_text(before)
     assert "edges" in stats.inner_text()
+    expect(page.locator("#graph-plot .plot-container")).to_be_visible()
+    page.wait_for_timeout(500)  # the redrawn figure settles
     _shot(page, "label-graph")
 
 
@@ -178,6 +148,26 @@ def test_dashboard_shows_bundled_reports_and_gallery(page):
     expect(page.locator("#dash-table")).to_contain_text("GCN, text-embedding graph")
     expect(page.locator("#gallery img").first).to_be_visible()
     _shot(page, "dashboard")
+
+
+def test_report_fields_show_as_typed(page, tmp_path):
+    report = json.loads((ROOT / "assets" / "reports" / "synthetic-bce" / "report.json").read_text())
+    report["name"] = "<img src=x id=pwn2>"
+    report["per_class"][0]["class"] = report["class_names"][0] = "<img src=x id=pwn3> [a](http://e.x)"
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    _tab(page, "Head vs tail")
+    # the bundled reports show on load; then only the uploaded one
+    expect(page.locator("#dash-message")).to_contain_text("capnet.world.ablation")
+    for name in ("GCN, co-occurrence graph", "+ GCN, text-embedding graph"):
+        page.get_by_label(name, exact=True).uncheck()
+    page.locator("#report-upload input[type=file]").set_input_files(str(path))
+    page.locator("#show-reports").click()
+    message = page.locator("#dash-message")
+    expect(message).to_contain_text("<img src=x id=pwn2>: tools/make_example_reports.py")
+    expect(page.locator("#dash-table")).to_contain_text("<img src=x id=pwn3> [a](http://e.x)")
+    expect(page.locator("#dash-scatter")).to_contain_text("<img src=x id=pwn2>")
+    assert page.locator("#pwn2, #pwn3, a[href='http://e.x']").count() == 0
 
 
 def _set_epochs(page, epochs: int) -> None:
@@ -263,7 +253,9 @@ def test_bad_inputs_show_a_message_and_the_app_stays_up(page, tmp_path):
     _tab(page, "Fine-tune")
     page.locator("#ft-zip input[type=file]").set_input_files(str(bad_csv))
     page.locator("#ft-start").click()
-    expect(page.locator("#ft-status")).to_contain_text("⚠")
+    expect(page.locator("#ft-status")).to_have_text(
+        "⚠ labels.csv: the header must name the columns 'path' and 'labels', found ['filename;tags']"
+    )
 
     # Still serving: a normal prediction works afterwards.
     _tab(page, "Predict")

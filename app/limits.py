@@ -1,0 +1,32 @@
+"""Every bound the app puts on what one user can ask of the server, in one place (the tests import it)."""
+
+from __future__ import annotations
+
+from capnet.images import DEFAULT_MAX_PIXELS
+
+# Predict
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # 40 megapixels: larger images are refused before they are decoded
+MAX_IMAGES = 16  # images per prediction
+MAX_LABELS = 200  # labels served at once (Predict, Label graph, and the classes of a fine-tune)
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # any one uploaded file: Gradio refuses larger ones before a handler runs
+DECODE_SIDE = 512  # large images are reduced while decoding until their short side nears this
+
+# Fine-tune
+MAX_FT_IMAGES = 300
+MIN_FT_IMAGES = 10
+MAX_EPOCHS = 20
+MAX_SECONDS = 300
+LR_MIN, LR_MAX = 1e-6, 1.0
+MAX_ZIP_BYTES = 200_000_000  # unpacked size of a fine-tune or report zip
+MAX_ZIP_FILES = 2_000
+
+# Thresholds and graph controls
+THRESHOLD_MIN, THRESHOLD_MAX = 0.0, 1.0
+MAX_TOPK = 10
+
+# Head vs tail
+MAX_REPORT_BYTES = 20_000_000  # report.json and scores.csv
+MAX_REPORTS = 8  # reports shown side by side
+
+# Disk: Gradio's cache of uploads and outputs is swept every hour of files older than an hour.
+CACHE_SWEEP = (3600, 3600)

@@ -1,0 +1,113 @@
+"""The Head vs tail tab: eval reports side by side (bundled, or uploaded as a zip), and a failure gallery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import gradio as gr
+import pandas as pd
+
+from app import dashboard as dash
+from app import text
+from app.models import ServedModels
+
+TABLE_COLUMNS = ["run", "class", "train_count", "group", "test_positives", "ap_single"]
+
+
+@dataclass
+class DashboardTab:
+    show: object  # the handler the demo runs on load, so the pre-ticked reports show at once
+    inputs: list
+    outputs: list
+
+
+def _paths(files) -> list[str]:
+    return [f if isinstance(f, str) else f.name for f in files or []]
+
+
+def _worst_tail_class(run: dash.Run) -> str:
+    evaluated = [row for row in run.report["per_class"] if row["test_positives"] > 0]
+    tail = [row for row in evaluated if row.get("group") == "tail"] or evaluated
+    ap_key = f"ap_{run.setting}"
+    if not tail:
+        return run.report["class_names"][0]
+    return min(tail, key=lambda row: row[ap_key] if row[ap_key] is not None else 0.0)["class"]
+
+
+def show_reports(bundled: dict[str, dash.Run], chosen, uploads):
+    """Returns (message, bars, scatter, table, run chooser, class chooser, runs)."""
+    runs = [bundled[name] for name in chosen or [] if name in bundled]
+    uploaded, problems = dash.runs_from_uploads(_paths(uploads))
+    runs = dash.dedupe(runs + uploaded)
+    message = text.error(text.md(" ".join(problems))) if problems else ""
+    if not runs:
+        empty = pd.DataFrame(columns=TABLE_COLUMNS)
+        none = gr.update(choices=[], value=None)
+        return message or "Pick a bundled report or upload a report.", None, None, empty, none, none, []
+    classes = list(dict.fromkeys(c for r in runs for c in r.report["class_names"]))
+    produced = [
+        f"**{text.md(r.name)}**: {text.md(r.report['produced_by'])}"
+        for r in runs
+        if "produced_by" in r.report
+    ]
+    message = "<br>".join(filter(None, [message, *produced]))
+    return (
+        message,
+        dash.group_bars(runs),
+        dash.ap_vs_count(runs),
+        dash.per_class_table(runs),
+        gr.update(choices=[r.name for r in runs], value=runs[0].name),
+        gr.update(choices=classes, value=_worst_tail_class(runs[0])),
+        runs,
+    )
+
+
+def show_gallery(runs, run_name, class_name):
+    run = next((r for r in runs or [] if r.name == run_name), None)
+    if run is None or not class_name:
+        return [], ""
+    return dash.failures(run, class_name)
+
+
+def build(served: ServedModels | None = None, state: gr.State | None = None) -> DashboardTab:
+    bundled = {run.name: run for run in dash.bundled_runs()}
+    runs = gr.State()
+    with gr.Row():
+        chosen = gr.CheckboxGroup(
+            list(bundled), value=list(bundled)[:2], label="Bundled reports", elem_id="bundled"
+        )
+        uploads = gr.File(
+            label="…or upload a report: a zip of report.json, scores.csv and its images (or the two files)",
+            file_count="multiple",
+            file_types=[".zip", ".json", ".csv"],
+            elem_id="report-upload",
+        )
+        load = gr.Button("Show", variant="primary", elem_id="show-reports")
+    message = gr.Markdown(elem_id="dash-message")
+    with gr.Row():
+        bars = gr.Plot(label="mAP by group", elem_id="dash-bars")
+        scatter = gr.Plot(label="AP against training count", elem_id="dash-scatter")
+    table = gr.Dataframe(
+        value=pd.DataFrame(columns=TABLE_COLUMNS),
+        label="Per-class results (click a header to sort)",
+        max_height=300,
+        elem_id="dash-table",
+    )
+    with gr.Row():
+        run_choice = gr.Dropdown(label="Run", choices=[], elem_id="gallery-run")
+        class_choice = gr.Dropdown(label="Class", choices=[], elem_id="gallery-class")
+    note = gr.Markdown(elem_id="gallery-note")
+    gallery = gr.Gallery(
+        label="Worst false negatives and false positives",
+        columns=6,
+        height="auto",
+        elem_id="gallery",
+    )
+    handler = partial(show_reports, bundled)
+    outputs = [message, bars, scatter, table, run_choice, class_choice, runs]
+    load.click(handler, [chosen, uploads], outputs, api_name="reports")
+    gallery_io = ([runs, run_choice, class_choice], [gallery, note])
+    class_choice.change(show_gallery, *gallery_io, api_name="gallery")
+    run_choice.change(show_gallery, *gallery_io, api_name=False)
+    return DashboardTab(handler, [chosen, uploads], outputs)
