@@ -6,21 +6,26 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from capnet.world.scenes import (
     CLASS_SIGNATURES,
     COOCCURRING_PAIRS,
+    NATURAL_SPEC,
     SCENE_CLASSES,
     SCENE_TEMPLATES,
     SceneSpec,
     cooccurrence_matrix,
     generate_scene,
     mention_classes,
+    natural_probs,
     partner_of,
     scene_at,
     scene_batch,
     scenes,
+    write_scenes,
 )
+from capnet.world.scenes import main as scenes_main
 
 C = len(SCENE_CLASSES)
 
@@ -188,3 +193,32 @@ def test_sizes_objects_and_larger_scenes():
     assert max(radii[small]) < min(radii[medium]) and max(radii[medium]) < min(radii[large])
     with pytest.raises(ValueError, match="size"):
         SceneSpec(size=16)
+
+
+def test_write_scenes_writes_a_csv_dataset_of_the_stream(tmp_path):
+    csv = write_scenes(tmp_path / "fresh", 12, seed=91)
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "path,labels" and len(lines) == 13
+    for i, line in enumerate(lines[1:]):
+        path, names = line.split(",")
+        image, labels, _ = scene_at(91, i, NATURAL_SPEC, natural_probs(0))  # the natural distribution
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "fresh" / path)), np.asarray(image)
+        )  # PNG: lossless
+        assert names.split(";") == [SCENE_CLASSES[c] for c in np.flatnonzero(labels)]
+
+
+def test_scenes_command_natural_by_default_balanced_on_request(tmp_path, capsys):
+    from capnet.data import read_csv
+
+    assert scenes_main(["--out", str(tmp_path / "nat"), "--n", "300", "--seed", "5"]) == 0
+    assert scenes_main(["--out", str(tmp_path / "bal"), "--n", "300", "--seed", "5", "--balanced"]) == 0
+    assert "wrote 300 scenes" in capsys.readouterr().out
+    nat = read_csv(tmp_path / "nat" / "labels.csv", tmp_path / "nat", list(SCENE_CLASSES)).class_freq
+    bal = read_csv(tmp_path / "bal" / "labels.csv", tmp_path / "bal", list(SCENE_CLASSES)).class_freq
+    assert bal.min() > 0.4 * bal.mean() and bal.max() < 1.8 * bal.mean()
+    assert nat.max() > 8 * max(nat.min(), 1)  # Zipf: the head class far above the tail
+    assert np.argmax(nat) == np.argmax(natural_probs(0))
+    with pytest.raises(SystemExit) as bad:
+        scenes_main(["--out", str(tmp_path / "none"), "--n", "0"])
+    assert bad.value.code == 2 and "--n must be at least 1" in capsys.readouterr().err

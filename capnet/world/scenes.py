@@ -5,18 +5,24 @@ world stands in for both: ``capnet.world.pretrain`` trains a tiny open_clip mode
 captions, and long-tailed multi-label experiments sample its scenes with skewed class frequencies.
 
 Each of the 20 classes (``SCENE_CLASSES``) is a fixed signature of shape, colour, texture and size, and
-its name is the phrase that captions use for it ("red star", "small yellow circle", "striped square"), so
-zero-shot prompts built from ``SCENE_TEMPLATES`` ask the text tower about words it was trained on. Every
-class name starts with a consonant, so "a {}" is always grammatical. Textured classes (striped, checkered,
-dotted) take a random colour per instance that captions never name: texture and shape decide the class.
+its name is its full phrase ("red star", "small yellow circle", "striped square"); zero-shot prompts are
+built from those names with ``SCENE_TEMPLATES``. Every class name starts with a consonant, so "a {}" is
+always grammatical. Textured classes (striped, checkered, dotted) take a random colour per instance that
+captions never name: texture and shape decide the class.
+
+Captions are alt-text: they name a subset of the objects, the most visible one almost always and the
+others with a chance that falls with their visible area, each in varied wording (its class phrase,
+synonyms, attributes left out, or a coarse word such as "shape"); ``Scene.mentions`` records which
+classes each naming is true of. The model card (checkpoints/capnet-synth.md) says why.
 
 A scene holds one to four objects of distinct classes on a solid, gradient or noise-texture background,
 with partial occlusion (objects overlap, thin clutter bars cross them, some are cut by the border) and
 pixel noise. Co-occurrence is structured: the classes form ten fixed pairs (``COOCCURRING_PAIRS``) and
 each further object is, with probability ``SceneSpec.cooccurrence``, the partner of an object already in
 the scene. The pairing is a perfect matching, so with uniform class probabilities every class is equally
-frequent (the class-balanced corpus the tiny CLIP is trained on); with skewed ``class_probs`` a tail
-class whose partner is a head class appears more often than its own probability says, as in COCO.
+frequent; with skewed ``class_probs`` (the tiny CLIP's Zipf pretraining concepts, a world's natural
+distribution ``natural_probs``) a tail class whose partner is a head class appears more often than its
+own probability says, as in COCO.
 
 Scene ``i`` of seed ``s`` is drawn from ``numpy.random.default_rng([s, i])``: it never depends on how many
 scenes are drawn with it, so the first 200 scenes of a test set are the same whether 200 or 1,000 are made.
@@ -24,12 +30,16 @@ scenes are drawn with it, so the first 200 scenes of a test set are the same whe
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 __all__ = [
     "CLASS_SIGNATURES",
@@ -46,6 +56,7 @@ __all__ = [
     "mention_classes",
     "natural_probs",
     "scenes",
+    "write_scenes",
     "zipf_probs",
     "cooccurrence_matrix",
     "generate_scene",
@@ -641,3 +652,46 @@ def cooccurrence_matrix(labels: np.ndarray) -> np.ndarray:
     counts = y.T @ y
     with np.errstate(invalid="ignore", divide="ignore"):
         return counts / np.diag(counts)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write_scenes(out: str | Path, n: int, seed: int, *, balanced: bool = False, world: int = 0) -> Path:
+    """Scenes 0 .. n - 1 of stream ``seed`` as a CSV dataset: ``out/images/*.png`` and ``out/labels.csv``
+    (header ``path,labels``, ``;``-separated class names). World ``world``'s natural distribution unless
+    ``balanced`` (every class equally often, the default scene spec). Returns the CSV's path."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    probs, spec = (balanced_probs(), SceneSpec()) if balanced else (natural_probs(world), NATURAL_SPEC)
+    lines = ["path,labels"]
+    for i in tqdm(range(n), desc="scenes", unit="scene", disable=n < 500):
+        scene = draw_scene(np.random.default_rng([int(seed), i]), spec, probs)
+        path = f"images/{i:05d}.png"
+        scene.image.save(out / path)
+        lines.append(f"{path},{';'.join(SCENE_CLASSES[c] for c in np.flatnonzero(scene.labels))}")
+    (out / "labels.csv").write_text("\n".join(lines) + "\n")
+    return out / "labels.csv"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m capnet.world.scenes", description="Write scenes of the synthetic world as a dataset."
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder for labels.csv and images/")
+    parser.add_argument("--n", type=int, default=1000, help="number of scenes")
+    parser.add_argument("--seed", type=int, default=0, help="scene stream")
+    parser.add_argument("--world", type=int, default=0, help="whose natural distribution (Synth-LT world)")
+    parser.add_argument("--balanced", action="store_true", help="every class equally often")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n must be at least 1, got {args.n}")
+    path = write_scenes(args.out, args.n, args.seed, balanced=args.balanced, world=args.world)
+    print(f"wrote {args.n} scenes: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
