@@ -97,7 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if torch.distributed.is_initialized() and torch.cuda.is_available():
         cfg.model.backbone.device = f"cuda:{torch.cuda.current_device()}"
     model = CapNet(load_backbone(cfg.model.backbone), pool.class_names, cfg.model, train_labels=train.labels)
-    checkpoint = Trainer(cfg, model, train, val, out_dir).fit(resume=args.resume)
+    trainer = Trainer(cfg, model, train, val, out_dir)
+    checkpoint = trainer.fit(resume=args.resume)
     has_test = bool(cfg.data.test) or cfg.data.format in ("voc", "coco", "nus_wide")
     if Distributed.from_env().main and not args.no_eval and has_test:
         test = _checked(load_split(cfg.data, "test"), cfg.data.skip_bad, "test")
@@ -108,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg.eval,
             num_workers=cfg.data.num_workers,
             name=cfg.name,
-            extra={"checkpoint": str(checkpoint), "config": asdict(cfg)},
+            extra={"checkpoint": str(checkpoint), "kept": trainer.kept, "config": asdict(cfg)},
         )
         path = write_report(report, logits, test, out_dir)
         print(json.dumps({"checkpoint": str(checkpoint), "report": str(path), **report["results"]}, indent=1))
@@ -135,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.eval,
         num_workers=cfg.data.num_workers,
         name=args.name or cfg.name,
-        extra={"checkpoint": str(args.checkpoint), "config": asdict(cfg)},
+        extra={"checkpoint": str(args.checkpoint), "kept": meta.get("kept"), "config": asdict(cfg)},
     )
     path = write_report(report, logits, test, args.out)
     print(json.dumps({"report": str(path), **report["results"]}, indent=1))

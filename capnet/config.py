@@ -229,6 +229,9 @@ class TrainConfig:
     # None: every class every step (exact).
     classes_per_step: int | None = None
     cache_dir: str = ".cache/capnet-features"
+    # Which epoch the checkpoint holds: "best" validation total mAP (ties: the earlier epoch) or the "last".
+    # Without a validation split (data.val_fraction 0) the last epoch is kept whatever this says.
+    keep: Literal["best", "last"] = "best"
     seed: int = 0
     out_dir: str = "runs"
 

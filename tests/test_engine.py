@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 
 from capnet import cli
 from capnet.backbone import load_backbone
 from capnet.config import RunConfig, from_dict
+from capnet.data import Records
 from capnet.data.sources import load_split
 from capnet.engine import features as feature_module
 from capnet.engine.evaluate import score_records
@@ -105,7 +107,7 @@ def test_training_learns_and_the_report_has_every_field(tmp_path, layout, capsys
 
 def _trainer(tmp_path: Path, out: str, **train) -> Trainer:
     data = {"format": "voc", "root": str(write_voc(tmp_path / "voc", 40, 10))}
-    rc = from_dict(RunConfig, run_config(tmp_path, data, epochs=3, **train))
+    rc = from_dict(RunConfig, run_config(tmp_path, data, **{"epochs": 3, **train}))
     pool = load_split(rc.data, "train")
     train_set, val = split_validation(pool, 0.2, 0)
     torch.manual_seed(0)
@@ -207,3 +209,121 @@ def test_two_process_ddp_on_gloo(tmp_path):
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]  # one writer: rank 0
     assert (out / "model.safetensors").is_file()
+
+
+# The validation mAP of each epoch, scripted: a peak at epoch 2, tied again at epoch 4 (the earlier wins).
+SCRIPTED_VAL = {1: 0.5, 2: 0.9, 3: 0.7, 4: 0.9}
+
+
+def _scripted(monkeypatch, tmp_path: Path) -> dict[int, dict[str, torch.Tensor]]:
+    """Validation follows SCRIPTED_VAL; returns the model tensors each saved state held, by epoch."""
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+    train_epoch, end_epoch = Trainer._train_epoch, Trainer._end_epoch
+
+    def record_epoch(self, epoch, should_stop=None):
+        self.scripted_epoch = epoch + 1
+        return train_epoch(self, epoch, should_stop)
+
+    def keep_state(self, row):
+        end_epoch(self, row)
+        with safe_open(str(self.out_dir / "last_state.safetensors"), framework="pt") as f:
+            key = (self.out_dir.name, row["epoch"])
+            saved[key] = {k[6:]: f.get_tensor(k) for k in f.keys() if k.startswith("model/")}  # noqa: SIM118
+
+    monkeypatch.setattr(Trainer, "_train_epoch", record_epoch)
+    monkeypatch.setattr(Trainer, "_end_epoch", keep_state)
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"val_total": SCRIPTED_VAL[self.scripted_epoch]})
+    return saved
+
+
+def _checkpoint_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["capnet"])  # noqa: SIM118
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_checkpoint_keeps_the_best_validation_epoch_or_the_last(tmp_path, monkeypatch, keep):
+    saved = _scripted(monkeypatch, tmp_path)
+    trainer = _trainer(tmp_path, "run", epochs=4, keep=keep)
+    final = trainer.fit()
+    tensors, meta = _checkpoint_tensors(final)
+    kept_epoch = 2 if keep == "best" else 4
+    assert meta["kept"]["epoch"] == kept_epoch and meta["kept"]["rule"] == keep
+    assert meta["kept"]["reason"] == ("best validation epoch 2 of 4" if keep == "best" else "last epoch")
+    assert not torch.equal(saved["run", 2]["prompts.ctx"], saved["run", 4]["prompts.ctx"])
+    assert tensors.keys() == saved["run", kept_epoch].keys()
+    for key, tensor in tensors.items():
+        assert torch.equal(tensor, saved["run", kept_epoch][key]), key
+    # The model in memory is the kept one (cmd_train evaluates it), and the log says which and why.
+    for key, tensor in trainer.model.trainable_state_dict().items():
+        assert torch.equal(tensor, saved["run", kept_epoch][key]), key
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["best_epoch"] for r in log] == ([1, 2, 2, 2] if keep == "best" else [1, 2, 3, 4])
+    assert log[-1]["kept"] == meta["kept"]["reason"] and "kept" not in log[0]
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):
+    data = {"format": "voc", "root": str(write_voc(tmp_path / "voc", 24, 4))}
+    rc = from_dict(RunConfig, run_config(tmp_path, data, epochs=2))
+    pool = load_split(rc.data, "train")
+    torch.manual_seed(0)
+    trainer = Trainer(rc, CapNet(load_backbone(rc.model.backbone), pool.class_names, rc.model), pool, None,
+                      tmp_path / "run")  # fmt: skip
+    _, meta = _checkpoint_tensors(trainer.fit())
+    assert meta["kept"]["reason"] == "last epoch (no validation split)" and meta["kept"]["epoch"] == 2
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_a_resumed_run_keeps_the_same_best_epoch(tmp_path, monkeypatch, stop_after):
+    _scripted(monkeypatch, tmp_path)
+    straight, straight_meta = _checkpoint_tensors(_trainer(tmp_path, "a", epochs=4).fit())
+    assert _trainer(tmp_path, "b", epochs=4).fit(stop_after=stop_after) is None
+    resumed, resumed_meta = _checkpoint_tensors(_trainer(tmp_path, "b", epochs=4).fit(resume=True))
+    assert resumed_meta["kept"] == straight_meta["kept"] and straight_meta["kept"]["epoch"] == 2
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def _multilabel_records(n: int, n_classes: int, seed: int) -> Records:
+    """A long-tailed multi-label pool: class c appears in about n * 0.5 / (c + 1) ** 1.3 images."""
+    rng = np.random.default_rng(seed)
+    rates = 0.5 / (np.arange(n_classes) + 1) ** 1.3
+    labels = (rng.random((n, n_classes)) < rates).astype(np.uint8)
+    labels[rng.permutation(n)[:2], -1] = 1  # the rarest class: exactly the images drawn here and before
+    names = [f"c{c}" for c in range(n_classes)]
+    return Records(names, [f"i{k}" for k in range(n)], [Path(f"i{k}.png") for k in range(n)], labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_validation_split_is_stratified_disjoint_and_deterministic(seed):
+    pool = _multilabel_records(300, 20, seed)
+    counts = pool.labels.sum(0)
+    assert (counts == 2).any() or (counts < 5).any()  # rare classes are the point of the test
+    train, val = split_validation(pool, 0.2, seed)
+    ids_train, ids_val = set(train.image_ids), set(val.image_ids)
+    assert not ids_train & ids_val and ids_train | ids_val == set(pool.image_ids)
+    assert len(train) + len(val) == len(pool)
+    # Every class with at least two images has a validation positive and keeps half for training.
+    val_counts, train_counts = val.labels.sum(0), train.labels.sum(0)
+    for c in np.flatnonzero(counts >= 2):
+        assert val_counts[c] >= 1, (pool.class_names[c], counts[c])
+        assert train_counts[c] >= counts[c] - counts[c] // 2
+    # The stated tolerance: round(fraction * N), plus at most one image per class for the minimums.
+    assert 60 <= len(val) <= 60 + 20
+    again_train, again_val = split_validation(pool, 0.2, seed)
+    assert again_val.image_ids == val.image_ids and again_train.image_ids == train.image_ids
+    assert split_validation(pool, 0.2, seed + 10)[1].image_ids != val.image_ids
+
+
+def test_plain_random_cut_would_miss_rare_classes():
+    """Guards the guard: on this pool a plain random fifth misses some class that the split must cover."""
+    pool = _multilabel_records(300, 20, 0)
+    counts = pool.labels.sum(0)
+    misses = 0
+    for seed in range(20):
+        cut = np.random.default_rng(seed).permutation(len(pool))[:60]
+        misses += int((pool.labels[cut].sum(0)[counts >= 2] == 0).any())
+    assert misses > 0
+    for seed in range(20):
+        val = split_validation(pool, 0.2, seed)[1]
+        assert (val.labels.sum(0)[counts >= 2] > 0).all()

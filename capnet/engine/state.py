@@ -37,10 +37,20 @@ def _join_optimizer_state(f, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_training_state(
-    path: Path, model: CapNet, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, extra: dict
+    path: Path,
+    model: CapNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    extra: dict,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Atomic: written to a temp file in the same folder, then renamed over the previous state."""
+    """Atomic: written to a temp file in the same folder, then renamed over the previous state.
+
+    ``extra_tensors`` (names outside "model/" and "optim/") ride along, read back by ``load_state_tensors``.
+    """
     tensors = {f"model/{k}": v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    tensors.update({k: v.contiguous().cpu() for k, v in (extra_tensors or {}).items()})
     optim_tensors, optim_meta = _split_optimizer_state(optimizer.state_dict())
     tensors.update(optim_tensors)
     meta = {"epoch": epoch, "optimizer": optim_meta, "scheduler": scheduler.state_dict(), **extra}
@@ -60,3 +70,9 @@ def load_training_state(path: Path, model: CapNet, optimizer: torch.optim.Optimi
     optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(meta["scheduler"])
     return meta
+
+
+def load_state_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The state file's tensors whose names start with ``prefix`` (as saved through ``extra_tensors``)."""
+    with safe_open(str(path), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys() if name.startswith(prefix)}  # noqa: SIM118

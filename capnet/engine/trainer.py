@@ -28,7 +28,7 @@ from capnet.data import ImageDataset, Records
 from capnet.engine.evaluate import finite
 from capnet.engine.features import FlipViews, cached_features, compute_features
 from capnet.engine.schedule import build_optimizer, build_scheduler
-from capnet.engine.state import load_training_state, save_training_state
+from capnet.engine.state import load_state_tensors, load_training_state, save_training_state
 from capnet.losses import build_loss
 from capnet.metrics import lt_map
 from capnet.model import CapNet
@@ -115,12 +115,99 @@ def loss_from_config(cfg: LossConfig, class_freq: np.ndarray, num_train: int) ->
 
 
 def split_validation(records: Records, fraction: float, seed: int) -> tuple[Records, Records | None]:
-    """A validation split carved from the training set; model selection never looks at the test set."""
+    """A validation split carved from the training set (model selection never looks at the test set).
+
+    Stratified, so that every class can be judged: rarest classes first, each class with n_c >= 2 images
+    gets min(max(1, round(fraction * n_c)), n_c // 2) validation positives (counting those already there),
+    never taking an image whose move would leave some class with fewer than half its images for training;
+    then random images fill the split up to round(fraction * N). The split is larger than that only when
+    the per-class minimums need more (at most one image per class over), and smaller only when no movable
+    image is left. Deterministic in ``seed``.
+    """
     if fraction <= 0:
         return records, None
-    order = np.random.default_rng(seed).permutation(len(records))
-    n_val = max(1, int(round(fraction * len(records))))
-    return records.subset(np.sort(order[n_val:])), records.subset(np.sort(order[:n_val]))
+    labels = np.asarray(records.labels, dtype=bool)
+    n, n_classes = labels.shape
+    n_val = max(1, int(round(fraction * n)))
+    rng = np.random.default_rng(seed)
+    counts = labels.sum(axis=0)
+    may_leave = counts // 2  # images of class c that validation may take; the rest stay for training
+    in_val = np.zeros(n, dtype=bool)
+    taken = np.zeros(n_classes, dtype=np.int64)
+
+    def movable(i: int) -> bool:
+        return not in_val[i] and bool(np.all(taken[labels[i]] < may_leave[labels[i]]))
+
+    def take(i: int) -> None:
+        in_val[i] = True
+        taken[labels[i]] += 1
+
+    for c in sorted(range(n_classes), key=lambda c: (counts[c], c)):
+        want = min(max(1, int(round(fraction * counts[c]))), may_leave[c])
+        for i in rng.permutation(np.flatnonzero(labels[:, c])):
+            if taken[c] >= want:
+                break
+            if movable(int(i)):
+                take(int(i))
+    room = n_val - int(in_val.sum())
+    for i in rng.permutation(n):
+        if room <= 0:
+            break
+        if movable(int(i)):
+            take(int(i))
+            room -= 1
+    if not in_val.any():  # every image holds a class's only examples: fall back to a plain cut
+        in_val[rng.permutation(n)[:n_val]] = True
+    return records.subset(np.flatnonzero(~in_val)), records.subset(np.flatnonzero(in_val))
+
+
+class EpochKeeper:
+    """Which epoch the checkpoint keeps: the best validation total mAP (ties: the earlier epoch) or the last.
+
+    The best epoch's tensors travel inside the resumable state, so a resumed run keeps the same epoch.
+    """
+
+    PREFIX = "best/"
+
+    def __init__(self, rule: str, epochs: int, validated: bool) -> None:
+        self.rule, self.epochs, self.validated = rule, epochs, validated
+        self.epoch: int | None = None
+        self.score: float | None = None
+        self.best: dict[str, torch.Tensor] = {}
+
+    def observe(self, row: dict[str, Any], model: CapNet) -> None:
+        if self.rule == "last":
+            self.epoch = row["epoch"]
+            return
+        score = row.get("val_total")
+        if self.epoch is None or (score is not None and (self.score is None or score > self.score)):
+            self.epoch, self.score = row["epoch"], score
+            self.best = {k: v.detach().cpu().clone() for k, v in model.trainable_state_dict().items()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {self.PREFIX + k: v for k, v in self.best.items()}
+
+    def meta(self) -> dict[str, Any]:
+        if self.rule == "best":
+            reason = f"best validation epoch {self.epoch} of {self.epochs}"
+        else:
+            reason = "last epoch" if self.validated else "last epoch (no validation split)"
+        return {"rule": self.rule, "epoch": self.epoch, "epochs": self.epochs, "val_total": self.score,
+                "reason": reason}  # fmt: skip
+
+    def restore(self, meta: dict[str, Any] | None, tensors: dict[str, torch.Tensor]) -> None:
+        if meta and meta.get("rule") == self.rule:
+            self.epoch, self.score = meta["epoch"], meta["val_total"]
+            self.best = {k[len(self.PREFIX) :]: v for k, v in tensors.items()}
+
+    def load_into(self, model: CapNet) -> None:
+        """Put the kept epoch's tensors into the model (a no-op for the last epoch: they are there)."""
+        if not self.best:
+            return
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in self.best.items():
+                params[name].copy_(tensor)
 
 
 class Trainer:
@@ -150,6 +237,9 @@ class Trainer:
         self.optimizer = build_optimizer(model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
         self.last_epoch: dict[str, Any] = {}
+        self.keep_rule = tc.keep if val is not None else "last"
+        self.keeper = EpochKeeper(self.keep_rule, tc.epochs, validated=val is not None)
+        self.kept: dict[str, Any] = {}
         self.ddp = (
             DistributedDataParallel(model, find_unused_parameters=False) if self.dist.world > 1 else None
         )
@@ -224,6 +314,78 @@ class Trainer:
             with open(self.out_dir / LOG_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    def _train_epoch(self, epoch: int, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """One pass over the training set, seeded from (seed, epoch); returns the epoch's log row."""
+        tc = self.cfg.train
+        torch.manual_seed(tc.seed * 1_000 + epoch)
+        self.model.train()
+        if self.classes_per_step:
+            self.model.refresh_feature_bank()
+        network = self.ddp or self.model
+        seen, total_loss, began = 0, 0.0, time.perf_counter()
+        bar = tqdm(
+            self._loader(epoch),
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            unit="batch",
+            disable=None if self.dist.main else True,
+            leave=False,
+        )
+        for batch in bar:
+            if should_stop is not None and should_stop():
+                bar.close()
+                raise TrainingStopped(f"stopped in epoch {epoch + 1} after {seen} images")
+            inputs, targets = batch[0].to(self.model.device), batch[1].to(self.model.device)
+            step_kwargs = {}
+            if self.classes_per_step:
+                step_kwargs["classes"] = sample_classes(targets, self.classes_per_step)
+            with autocast(self.model.device):
+                logits = network(inputs, features=self.use_cache, **step_kwargs)
+            loss = self.criterion(logits.float(), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad], tc.grad_clip
+                )
+            self.optimizer.step()
+            self.scheduler.step()
+            seen += len(targets)
+            total_loss += float(loss.detach()) * len(targets)
+            rate = seen / max(time.perf_counter() - began, 1e-9)
+            bar.set_postfix(
+                loss=f"{float(loss.detach()):.4f}",
+                lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                img_s=f"{rate:.0f}",
+            )
+        return {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(seen, 1),
+            "lr": self.scheduler.get_last_lr()[0],
+            "images_per_s": seen / max(time.perf_counter() - began, 1e-9) * self.dist.world,
+        }
+
+    def _end_epoch(self, row: dict[str, Any]) -> None:
+        """Validate, remember the best epoch, save the resumable state (rank 0), log, wait for all ranks."""
+        if self.dist.main:
+            row.update(self.validate())
+            self.keeper.observe(row, self.model)
+            row["best_epoch"] = self.keeper.epoch
+            if row["epoch"] == self.cfg.train.epochs:
+                row["kept"] = self.keeper.meta()["reason"]
+            save_training_state(
+                self.out_dir / STATE_FILE,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                row["epoch"] - 1,
+                {"config": asdict(self.cfg), "kept": self.keeper.meta()},
+                extra_tensors=self.keeper.tensors(),
+            )
+        self._log(row)
+        self.last_epoch = row
+        if self.dist.world > 1:
+            dist.barrier()
+
     def fit(
         self,
         resume: bool = False,
@@ -235,82 +397,28 @@ class Trainer:
         ``stop_after`` ends this call after that many epochs (a time-boxed job); ``resume`` continues it.
         Returns None when stopped early. ``should_stop`` is asked before every step, so a cancel or a
         deadline takes effect within one step rather than one epoch (raises ``TrainingStopped``).
+        The checkpoint holds the epoch ``train.keep`` selects; ``self.kept`` says which and why.
         """
         tc = self.cfg.train
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state_path = self.out_dir / STATE_FILE
         start = 0
+        self.keeper = EpochKeeper(self.keep_rule, tc.epochs, validated=self.val_records is not None)
         if resume and state_path.is_file():
-            start = load_training_state(state_path, self.model, self.optimizer, self.scheduler)["epoch"] + 1
+            meta = load_training_state(state_path, self.model, self.optimizer, self.scheduler)
+            start = meta["epoch"] + 1
+            self.keeper.restore(meta.get("kept"), load_state_tensors(state_path, EpochKeeper.PREFIX))
         elif tc.calibrate_init:
             self.calibrate_biases()
-        network = self.ddp or self.model
         end = tc.epochs if stop_after is None else min(tc.epochs, start + stop_after)
         for epoch in range(start, end):
-            torch.manual_seed(tc.seed * 1_000 + epoch)
-            self.model.train()
-            if self.classes_per_step:
-                self.model.refresh_feature_bank()
-            loader = self._loader(epoch)
-            seen, total_loss, began = 0, 0.0, time.perf_counter()
-            bar = tqdm(
-                loader,
-                desc=f"epoch {epoch + 1}/{tc.epochs}",
-                unit="batch",
-                disable=None if self.dist.main else True,
-                leave=False,
-            )
-            for batch in bar:
-                if should_stop is not None and should_stop():
-                    bar.close()
-                    raise TrainingStopped(f"stopped in epoch {epoch + 1} after {seen} images")
-                inputs, targets = batch[0].to(self.model.device), batch[1].to(self.model.device)
-                step_kwargs = {}
-                if self.classes_per_step:
-                    step_kwargs["classes"] = sample_classes(targets, self.classes_per_step)
-                with autocast(self.model.device):
-                    logits = network(inputs, features=self.use_cache, **step_kwargs)
-                loss = self.criterion(logits.float(), targets)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in self.model.parameters() if p.requires_grad], tc.grad_clip
-                    )
-                self.optimizer.step()
-                self.scheduler.step()
-                seen += len(targets)
-                total_loss += float(loss.detach()) * len(targets)
-                rate = seen / max(time.perf_counter() - began, 1e-9)
-                bar.set_postfix(
-                    loss=f"{float(loss.detach()):.4f}",
-                    lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                    img_s=f"{rate:.0f}",
-                )
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": total_loss / max(seen, 1),
-                "lr": self.scheduler.get_last_lr()[0],
-                "images_per_s": seen / max(time.perf_counter() - began, 1e-9) * self.dist.world,
-            }
-            if self.dist.main:
-                row.update(self.validate())
-                save_training_state(
-                    state_path,
-                    self.model,
-                    self.optimizer,
-                    self.scheduler,
-                    epoch,
-                    {"config": asdict(self.cfg)},
-                )
-            self._log(row)
-            self.last_epoch = row
-            if self.dist.world > 1:
-                dist.barrier()
+            self._end_epoch(self._train_epoch(epoch, should_stop))
         if end < tc.epochs:
             return None
         final = self.out_dir / MODEL_FILE
         if self.dist.main:
+            self.keeper.load_into(self.model)
+            self.kept = self.keeper.meta()
             save_checkpoint(
                 self.model.eval(),
                 final,
@@ -318,6 +426,7 @@ class Trainer:
                     "class_freq": self.class_freq.tolist(),
                     "num_train": len(self.train_records),
                     "run": self.cfg.name,
+                    "kept": self.kept,
                 },
             )
         return final
