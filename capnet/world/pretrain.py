@@ -5,12 +5,12 @@
 
 Training is CLIP's: a symmetric InfoNCE loss between image and caption features with a learnable logit
 scale, AdamW with linear warm-up and cosine decay, on scenes generated afresh for every step from
-``capnet.world.scenes`` with uniform class probabilities (every class equally often). One change: a caption is
-also a positive for every other image in the batch of which it is true (its named objects are all in
-that image, ``--positives subset``). CLIP's own loss (``--positives none``) treats "a red star." as false
-of every other scene with a red star; on this world that gives a model whose one-object scenes score
-higher on every class prompt than four-object scenes do on their own classes (zero-shot mAP 0.40 after
-20 minutes, against about 0.7 after 3 minutes with subset positives). Batch ``b`` holds scenes
+``capnet.world.scenes``, their classes drawn with Zipf frequencies in a fixed order (``concept_probs``)
+and their captions alt-text that names some objects in varied words. One change: a caption is also a
+positive for every other image in the batch of which it is true (each of its namings fits a class in
+that image, ``--positives subset``). With 20 concepts in a batch of 64 a short caption such as "a star."
+is true of many images, and CLIP's own loss (``--positives none``) would push all but one of them away
+(on the first version of this world it plateaued at zero-shot mAP 0.40). Batch ``b`` holds scenes
 ``b * B .. b * B + B - 1`` of the training stream, so what the model sees depends only on the seed, the
 batch size and the step, never on timing or on the number of data workers.
 
@@ -20,8 +20,9 @@ schedule). The weights are written as fp16 safetensors that ``load_backbone(name
 pretrained=None, weights=PATH)`` loads; the header's metadata holds the steps, seed, settings, command,
 loss curve and zero-shot mAP.
 
-``zero_shot_map`` is the yardstick: template-ensembled zero-shot CapNet scores on a fixed, class-balanced
-set of scenes (seed 12345), scored with ``capnet.metrics.lt_map``.
+``zero_shot_map`` is the yardstick during training: template-ensembled zero-shot CapNet scores on a fixed,
+class-balanced set of scenes (seed 12345), scored with ``capnet.metrics.lt_map``; ``capnet.world.calibration``
+measures the finished model against a linear probe on natural-distribution scenes.
 """
 
 from __future__ import annotations
