@@ -115,6 +115,10 @@ def test_captions_are_true_of_their_scene_and_name_what_stands_out():
     assert small_named < 0.5 * small_seen  # small objects beside others: seldom
     assert 0.25 * named < exact < 0.7 * named  # the class phrase is one wording among several
     captions = [s.caption for s in drawn]
+    # Every word of the zero-shot templates occurs in captions: the text tower has seen it.
+    caption_words = {w for c in captions for w in re.findall(r"[a-z]+", c)}
+    template_words = {w for t in SCENE_TEMPLATES for w in re.findall(r"[a-z]+", t)}
+    assert template_words <= caption_words, template_words - caption_words
     assert any("crimson" in c or "scarlet" in c for c in captions)  # synonyms
     assert any(" shape" in c or " object" in c for c in captions)  # coarse words
 

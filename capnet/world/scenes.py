@@ -102,13 +102,14 @@ CLASS_SIGNATURES: tuple[ClassSignature, ...] = (
 SCENE_CLASSES: tuple[str, ...] = tuple(s.name for s in CLASS_SIGNATURES)
 _INDEX = {name: i for i, name in enumerate(SCENE_CLASSES)}
 
-# Zero-shot prompts: phrasings that one-object captions use, so the text tower knows every word.
+# Zero-shot prompts in CLIP's style: every word occurs in alt-text captions (the text tower learned it), as
+# "a photo of a {}." is made of words frequent on the web.
 SCENE_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "an image of a {}.",
     "a {}.",
-    "a picture of a {}.",
-    "a scene with a {}.",
+    "an illustration with a {}.",
     "a {} on a plain background.",
-    "a single {}.",
 )
 
 # A perfect matching of the 20 classes: each class has exactly one partner it tends to appear with.
