@@ -6,19 +6,26 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from capnet.world.scenes import (
     CLASS_SIGNATURES,
     COOCCURRING_PAIRS,
+    NATURAL_SPEC,
     SCENE_CLASSES,
     SCENE_TEMPLATES,
     SceneSpec,
     cooccurrence_matrix,
     generate_scene,
+    mention_classes,
+    natural_probs,
     partner_of,
     scene_at,
     scene_batch,
+    scenes,
+    write_scenes,
 )
+from capnet.world.scenes import main as scenes_main
 
 C = len(SCENE_CLASSES)
 
@@ -83,18 +90,61 @@ def test_images_labels_and_object_counts(corpus):
     assert all(np.asarray(im).std() > 5 for im in images[:50])
 
 
-def test_every_labelled_class_is_named_in_the_caption_and_nothing_else(corpus):
-    _, labels, captions = corpus
-    for row, caption in zip(labels, captions):
-        assert named_classes(caption) == {SCENE_CLASSES[c] for c in np.flatnonzero(row)}, caption
-        assert caption.endswith(".") and caption == caption.strip()
-    # The phrasings vary.
-    starts = {c.split(" ")[0] for c in captions} | {c.split(":")[0] for c in captions if ":" in c}
-    assert {"two shapes", "three shapes", "four shapes"} <= starts
-    assert any(" beside a " in c for c in captions) and any(" above a " in c for c in captions)
-    # Each zero-shot template is a phrasing that captions use: the text tower has seen its words.
-    for template in SCENE_TEMPLATES:
-        assert any(template.format(name) in captions for name in SCENE_CLASSES), template
+def test_captions_are_true_of_their_scene_and_name_what_stands_out():
+    drawn = scenes(1500, seed=11)
+    exact = small_named = small_seen = top_named = 0
+    for scene in drawn:
+        present = set(np.flatnonzero(scene.labels))
+        # Every naming is true of the scene (it can refer to a class the scene holds), and the classes
+        # named exactly by their class name are present.
+        assert all(m & present for m in scene.mentions), scene.caption
+        assert named_classes(scene.caption) <= {SCENE_CLASSES[c] for c in present}, scene.caption
+        assert set(scene.named) <= present and len(scene.named) == len(scene.mentions)
+        exact += len(named_classes(scene.caption))
+        top = scene.objects[int(np.argmax(scene.visible))].cls
+        top_named += top in scene.named
+        for o in scene.objects:
+            if CLASS_SIGNATURES[o.cls].size == "small" and len(scene.objects) > 1:
+                small_seen += 1
+                small_named += o.cls in scene.named
+        assert scene.caption.endswith(".") and scene.caption == scene.caption.strip()
+    objects = sum(len(s.objects) for s in drawn)
+    named = sum(len(s.named) for s in drawn)
+    assert top_named > 0.9 * len(drawn)  # the most visible object: almost always
+    assert named < 0.85 * objects  # a subset, as alt-text
+    assert small_named < 0.5 * small_seen  # small objects beside others: seldom
+    assert 0.25 * named < exact < 0.7 * named  # the class phrase is one wording among several
+    captions = [s.caption for s in drawn]
+    # Every word of the zero-shot templates occurs in captions: the text tower has seen it.
+    caption_words = {w for c in captions for w in re.findall(r"[a-z]+", c)}
+    template_words = {w for t in SCENE_TEMPLATES for w in re.findall(r"[a-z]+", t)}
+    assert template_words <= caption_words, template_words - caption_words
+    assert any("crimson" in c or "scarlet" in c for c in captions)  # synonyms
+    assert any(" shape" in c or " object" in c for c in captions)  # coarse words
+
+
+def test_a_mention_is_true_of_every_class_with_its_attributes():
+    by_shape = {w: {i for i, n in enumerate(SCENE_CLASSES) if n.split()[-1] == w} for w in ("star", "square")}
+    assert mention_classes([("shape", "star")]) == by_shape["star"] == {5, 6}
+    assert mention_classes([("shape", "square")]) == by_shape["square"]
+    reds = {i for i, n in enumerate(SCENE_CLASSES) if "red" in n.split()}
+    assert mention_classes([("colour", "red")]) == reds
+    assert mention_classes([("colour", "yellow"), ("shape", "circle")]) == {1}
+    assert mention_classes([]) == set(range(C))
+
+
+def test_visible_pixels_account_for_occlusion():
+    for seed in range(40):
+        scene = scenes(1, seed=seed)[0]
+        assert scene.visible.sum() <= 64 * 64 and (scene.visible >= 0).all()
+        last = scene.objects[-1]  # drawn on top of the others: only the border can cut it
+        if (
+            CLASS_SIGNATURES[last.cls].shape == "circle"
+            and min(last.x, last.y, 64 - last.x, 64 - last.y) > last.radius + 1
+        ):
+            assert scene.visible[-1] == pytest.approx(np.pi * last.radius**2, rel=0.15)
+        for k, o in enumerate(scene.objects[:-1]):  # earlier objects never show more than their full area
+            assert scene.visible[k] <= 4 * (1.2 * o.radius) ** 2
 
 
 def test_classes_are_balanced_under_uniform_probabilities(corpus):
@@ -147,3 +197,32 @@ def test_sizes_objects_and_larger_scenes():
     assert max(radii[small]) < min(radii[medium]) and max(radii[medium]) < min(radii[large])
     with pytest.raises(ValueError, match="size"):
         SceneSpec(size=16)
+
+
+def test_write_scenes_writes_a_csv_dataset_of_the_stream(tmp_path):
+    csv = write_scenes(tmp_path / "fresh", 12, seed=91)
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "path,labels" and len(lines) == 13
+    for i, line in enumerate(lines[1:]):
+        path, names = line.split(",")
+        image, labels, _ = scene_at(91, i, NATURAL_SPEC, natural_probs(0))  # the natural distribution
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "fresh" / path)), np.asarray(image)
+        )  # PNG: lossless
+        assert names.split(";") == [SCENE_CLASSES[c] for c in np.flatnonzero(labels)]
+
+
+def test_scenes_command_natural_by_default_balanced_on_request(tmp_path, capsys):
+    from capnet.data import read_csv
+
+    assert scenes_main(["--out", str(tmp_path / "nat"), "--n", "300", "--seed", "5"]) == 0
+    assert scenes_main(["--out", str(tmp_path / "bal"), "--n", "300", "--seed", "5", "--balanced"]) == 0
+    assert "wrote 300 scenes" in capsys.readouterr().out
+    nat = read_csv(tmp_path / "nat" / "labels.csv", tmp_path / "nat", list(SCENE_CLASSES)).class_freq
+    bal = read_csv(tmp_path / "bal" / "labels.csv", tmp_path / "bal", list(SCENE_CLASSES)).class_freq
+    assert bal.min() > 0.4 * bal.mean() and bal.max() < 1.8 * bal.mean()
+    assert nat.max() > 8 * max(nat.min(), 1)  # Zipf: the head class far above the tail
+    assert np.argmax(nat) == np.argmax(natural_probs(0))
+    with pytest.raises(SystemExit) as bad:
+        scenes_main(["--out", str(tmp_path / "none"), "--n", "0"])
+    assert bad.value.code == 2 and "--n must be at least 1" in capsys.readouterr().err

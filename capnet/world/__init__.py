@@ -6,7 +6,7 @@ nothing in the library imports it.
 """
 
 from capnet.world.pretrain import load_synth_backbone
-from capnet.world.scenes import SCENE_CLASSES, scene_batch
+from capnet.world.scenes import SCENE_CLASSES, scene_batch, write_scenes
 from capnet.world.squares import write_csv_dataset
 
-__all__ = ["SCENE_CLASSES", "load_synth_backbone", "scene_batch", "write_csv_dataset"]
+__all__ = ["SCENE_CLASSES", "load_synth_backbone", "scene_batch", "write_csv_dataset", "write_scenes"]

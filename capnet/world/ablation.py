@@ -1,9 +1,10 @@
 """Synth-LT and the ablation table: what each CAPNET component adds, measured in the synthetic world.
 
 Synth-LT: a pool of captioned scenes (capnet.world.scenes) cut to a long tail by the same Pareto builder as
-VOC-LT, and a class-balanced test set. The ablation trains each configuration with the capnet engine on
-the shipped tiny CLIP (checkpoints/capnet-synth.safetensors) for several seeds and reports mean and
-standard deviation of total / head / medium / tail mAP.
+VOC-LT, and a test set of fresh scenes from the same natural distribution (as VOC2007 test is). The
+ablation trains each configuration with the capnet engine on the shipped tiny CLIP
+(checkpoints/capnet-synth.safetensors) for several seeds and reports mean and standard deviation of
+total / head / medium / tail mAP.
 
     python -m capnet.world.ablation --out runs/ablation        (about 15 minutes on two CPU cores)
 """
@@ -29,7 +30,7 @@ from capnet.engine.evaluate import evaluate, write_report
 from capnet.engine.trainer import Trainer, split_validation
 from capnet.model import CapNet
 from capnet.world.pretrain import DEFAULT_WEIGHTS
-from capnet.world.scenes import SCENE_CLASSES, SCENE_TEMPLATES, SceneSpec, balanced_probs, scene_batch
+from capnet.world.scenes import NATURAL_SPEC, SCENE_CLASSES, SCENE_TEMPLATES, natural_probs, scene_batch
 
 GROUPS = ("total", "head", "medium", "tail")
 
@@ -62,17 +63,9 @@ def _write_split(root: Path, images, labels: np.ndarray) -> Path:
     return root / "labels.csv"
 
 
-# The pool is already skewed (Zipf class frequencies in a seeded random order, mostly one or two objects per
-# scene), as photo collections are; the Pareto builder then cuts the long tail from it as for VOC-LT.
-POOL_SPEC = SceneSpec(count_probs=(0.5, 0.3, 0.15, 0.05))
-ZIPF_EXPONENT = 1.2
-
-
 def pool_probs(seed: int) -> np.ndarray:
-    order = np.random.default_rng(seed).permutation(len(SCENE_CLASSES))
-    probs = np.empty(len(SCENE_CLASSES))
-    probs[order] = 1.0 / (np.arange(len(SCENE_CLASSES)) + 1) ** ZIPF_EXPONENT
-    return probs / probs.sum()
+    """World ``seed``'s natural class frequencies (Zipf in a seeded order), which the pool is drawn from."""
+    return natural_probs(seed)
 
 
 def build_synth_lt(
@@ -81,16 +74,19 @@ def build_synth_lt(
     pool_size: int = 6000,
     max_per_class: int = 600,
     min_per_class: int = 4,
-    test_size: int = 400,
+    test_size: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Write Synth-LT (train: Pareto long tail of a scene pool; test: class-balanced) as CSV datasets."""
+    """Write Synth-LT (train: Pareto long tail of a scene pool; test: the pool's natural distribution)."""
     pool_images, pool_labels, _ = scene_batch(
-        pool_size, seed=10_000 + seed, class_probs=pool_probs(seed), spec=POOL_SPEC
+        pool_size, seed=10_000 + seed, class_probs=pool_probs(seed), spec=NATURAL_SPEC
     )
     selected = build_longtail(pool_labels, max_per_class, min_per_class=min_per_class, seed=seed)
     _write_split(root / "train", [pool_images[i] for i in selected], pool_labels[selected])
-    test_images, test_labels, _ = scene_batch(test_size, seed=20_000 + seed, class_probs=balanced_probs())
+    # The test set: fresh scenes of the same natural distribution as the pool, never class-balanced.
+    test_images, test_labels, _ = scene_batch(
+        test_size, seed=20_000 + seed, class_probs=pool_probs(seed), spec=NATURAL_SPEC
+    )
     _write_split(root / "test", test_images, test_labels)
     summary = longtail_summary(pool_labels[selected], list(SCENE_CLASSES))
     summary.update(
@@ -203,7 +199,7 @@ def markdown_table(payload: dict[str, Any]) -> str:
     s = payload["synth_lt"]
     lines = [
         f"Synth-LT: {s['num_images']} training images (groups {s['group_sizes']}), "
-        f"{s['test_size']} class-balanced test scenes; {len(payload['seeds'])} seeds, "
+        f"{s['test_size']} natural-distribution test scenes; {len(payload['seeds'])} seeds, "
         f"{payload['epochs']} epochs.",
         "",
         "| configuration | total | head | medium | tail |",

@@ -5,12 +5,12 @@
 
 Training is CLIP's: a symmetric InfoNCE loss between image and caption features with a learnable logit
 scale, AdamW with linear warm-up and cosine decay, on scenes generated afresh for every step from
-``capnet.world.scenes`` with uniform class probabilities (every class equally often). One change: a caption is
-also a positive for every other image in the batch of which it is true (its named objects are all in
-that image, ``--positives subset``). CLIP's own loss (``--positives none``) treats "a red star." as false
-of every other scene with a red star; on this world that gives a model whose one-object scenes score
-higher on every class prompt than four-object scenes do on their own classes (zero-shot mAP 0.40 after
-20 minutes, against about 0.7 after 3 minutes with subset positives). Batch ``b`` holds scenes
+``capnet.world.scenes``, their classes drawn with Zipf frequencies in a fixed order (``concept_probs``)
+and their captions alt-text that names some objects in varied words. One change: a caption is also a
+positive for every other image in the batch of which it is true (each of its namings fits a class in
+that image, ``--positives subset``). With 20 concepts in a batch of 64 a short caption such as "a star."
+is true of many images, and CLIP's own loss (``--positives none``) would push all but one of them away
+(on the first version of this world it plateaued at zero-shot mAP 0.40). Batch ``b`` holds scenes
 ``b * B .. b * B + B - 1`` of the training stream, so what the model sees depends only on the seed, the
 batch size and the step, never on timing or on the number of data workers.
 
@@ -20,8 +20,9 @@ schedule). The weights are written as fp16 safetensors that ``load_backbone(name
 pretrained=None, weights=PATH)`` loads; the header's metadata holds the steps, seed, settings, command,
 loss curve and zero-shot mAP.
 
-``zero_shot_map`` is the yardstick: template-ensembled zero-shot CapNet scores on a fixed, class-balanced
-set of scenes (seed 12345), scored with ``capnet.metrics.lt_map``.
+``zero_shot_map`` is the yardstick during training: template-ensembled zero-shot CapNet scores on a fixed,
+class-balanced set of scenes (seed 12345), scored with ``capnet.metrics.lt_map``; ``capnet.world.calibration``
+measures the finished model against a linear probe on natural-distribution scenes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from capnet.engine.schedule import warmup_cosine
 from capnet.metrics import lt_map
 from capnet.model import CapNet
 from capnet.text import encode_tokens
-from capnet.world.scenes import SCENE_CLASSES, SCENE_TEMPLATES, SceneSpec, scene_batch
+from capnet.world.scenes import SCENE_CLASSES, SCENE_TEMPLATES, SceneSpec, scene_batch, scenes, zipf_probs
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -62,6 +63,8 @@ __all__ = [
     "MODEL_NAME",
     "CaptionedScenes",
     "clip_loss",
+    "concept_probs",
+    "mention_tensor",
     "positive_pairs",
     "contrastive_train",
     "load_synth_backbone",
@@ -78,6 +81,9 @@ VAL_SEED = 777  # monitoring during training (never the test set)
 EVAL_SEED = 12345  # the fixed, class-balanced test set
 METADATA_KEY = "capnet_pretrain"
 MAX_LOGIT_SCALE = 100.0
+MAX_MENTIONS = 4  # a caption names at most every object of a scene
+CONCEPT_ORDER_SEED = 2_718_281  # the pretraining concept order: drawn once, unrelated to Synth-LT's seeds
+CONCEPT_EXPONENT = 1.0  # Zipf, the classic exponent of word and concept frequencies
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -103,11 +109,29 @@ def scene_tensor(
     return (x - m) / s
 
 
+def concept_probs() -> np.ndarray:
+    """Pretraining class frequencies: Zipf (exponent ``CONCEPT_EXPONENT``) in an order fixed by its own seed,
+    as web concepts are long-tailed; the order was drawn once and never tuned to Synth-LT."""
+    return zipf_probs(CONCEPT_ORDER_SEED, CONCEPT_EXPONENT)
+
+
+def mention_tensor(mentions: Sequence[Sequence[frozenset[int]]], num_classes: int) -> torch.Tensor:
+    """(B, MAX_MENTIONS, C) bool: row m of caption b marks the classes its m-th naming is true of; unused
+    rows are all true (a naming every scene satisfies)."""
+    out = torch.ones(len(mentions), MAX_MENTIONS, num_classes, dtype=torch.bool)
+    for b, named in enumerate(mentions):
+        for m, classes in enumerate(named):
+            out[b, m] = False
+            out[b, m, sorted(classes)] = True
+    return out
+
+
 class CaptionedScenes(torch.utils.data.IterableDataset):
-    """Batches (uint8 images (B, H, W, 3), caption tokens (B, 77), labels (B, C)) of one scene stream.
+    """Batches (uint8 images (B, H, W, 3), caption tokens (B, 77), labels (B, C), mentions (B, M, C)).
 
     Batch b holds scenes b * batch_size .. (b + 1) * batch_size - 1; with several workers, worker w
-    makes the batches b = w mod W and the loader interleaves them back into order.
+    makes the batches b = w mod W and the loader interleaves them back into order. Classes are drawn
+    with ``class_probs`` (default: the pretraining concept frequencies, ``concept_probs``).
     """
 
     def __init__(
@@ -127,20 +151,22 @@ class CaptionedScenes(torch.utils.data.IterableDataset):
         self.start_batch = start_batch
         self.num_batches = num_batches
         self.spec = spec or SceneSpec()
-        self.class_probs = class_probs
+        self.class_probs = concept_probs() if class_probs is None else class_probs
 
-    def batch(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, labels, captions = scene_batch(
+    def batch(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        drawn = scenes(
             self.batch_size,
             self.seed,
             class_probs=self.class_probs,
             spec=self.spec,
             start=b * self.batch_size,
         )
-        pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
-        return pixels, self.tokenizer(captions), torch.from_numpy(labels)
+        pixels = torch.from_numpy(np.stack([np.asarray(s.image, dtype=np.uint8) for s in drawn]))
+        labels = torch.from_numpy(np.stack([s.labels for s in drawn]))
+        mentions = mention_tensor([s.mentions for s in drawn], len(SCENE_CLASSES))
+        return pixels, self.tokenizer([s.caption for s in drawn]), labels, mentions
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         info = torch.utils.data.get_worker_info()
         wid, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
@@ -158,12 +184,16 @@ class CaptionedScenes(torch.utils.data.IterableDataset):
 POSITIVES = ("subset", "equal", "none")
 
 
-def positive_pairs(labels: torch.Tensor, positives: str = "subset") -> torch.Tensor:
+def positive_pairs(
+    labels: torch.Tensor, positives: str = "subset", mentions: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B, B) bool: P[i, j] when caption j counts as a positive for image i.
 
     "none": only its own caption (CLIP). "equal": also captions of scenes with exactly the same classes.
-    "subset": also every caption whose named classes all appear in image i ("a red star." is true of any
-    scene with a red star). The diagonal is always positive.
+    "subset": also every caption that is true of image i: each of its namings (``mentions`` (B, M, C),
+    a set of classes per naming: "a star" is true of a red or a yellow star) matches a class image i
+    holds. Without ``mentions`` a caption names exactly its own scene's classes. The diagonal is always
+    positive.
     """
     if positives not in POSITIVES:
         raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
@@ -174,8 +204,11 @@ def positive_pairs(labels: torch.Tensor, positives: str = "subset") -> torch.Ten
     y = labels.float()
     if positives == "equal":
         return eye | (torch.cdist(y, y, p=1) < 0.5)
-    missing = (1.0 - y) @ y.T  # [i, j]: classes named by caption j that image i lacks
-    return eye | (missing < 0.5)
+    if mentions is None:
+        missing = (1.0 - y) @ y.T  # [i, j]: classes named by caption j that image i lacks
+        return eye | (missing < 0.5)
+    hits = torch.einsum("ic,jmc->ijm", y, mentions.float())  # [i, j, m]: image i's classes naming m fits
+    return eye | (hits > 0.5).all(dim=2)
 
 
 def clip_loss(
@@ -184,6 +217,7 @@ def clip_loss(
     logit_scale: torch.Tensor,
     labels: torch.Tensor | None = None,
     positives: str = "subset",
+    mentions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over normalised features with a learnable logit scale (the CLIP loss).
 
@@ -192,7 +226,8 @@ def clip_loss(
     20 classes a batch of 64 holds several scenes of which a caption such as "a red star." is true, and
     CLIP's loss would push all but one of them away from it. With "subset" positives the caption-to-image
     direction becomes, for one-object captions, a ranking of the batch's images by that class: the
-    quantity zero-shot multi-label recognition scores.
+    quantity zero-shot multi-label recognition scores. ``mentions`` say what each caption's namings are
+    true of (``positive_pairs``).
     """
     scale = logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
     logits = scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
@@ -200,7 +235,7 @@ def clip_loss(
     if labels is None or positives == "none":
         target = torch.arange(n, device=logits.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    pos = positive_pairs(labels, positives).float()
+    pos = positive_pairs(labels, positives, mentions).float()
     to_text = pos / pos.sum(dim=1, keepdim=True)  # image i -> its true captions
     to_image = pos.T / pos.T.sum(dim=1, keepdim=True)  # caption j -> the images it is true of
     loss_i = -(to_text * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
@@ -221,6 +256,76 @@ def _param_groups(clip: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- training
+
+
+class _Schedule:
+    """The learning-rate schedule, sized from ``steps`` or, with ``steps=None``, from the speed of the
+    first steps and the time budget. The timed steps lie inside the warm-up, whose rates do not depend on
+    the schedule's length, so a run sized this way equals the run given that length as ``steps``."""
+
+    def __init__(self, lr: float, steps: int | None, warmup: int, budget: float | None) -> None:
+        self.lr, self.steps, self.budget = lr, steps, budget
+        self.warm = max(1, min(warmup, steps) if steps is not None else warmup)
+        self.factor = warmup_cosine(steps, self.warm) if steps is not None else None
+        self.probe = (min(5, self.warm // 3), max(1, self.warm))
+        self.probe_start = 0.0
+
+    def rate(self, step: int, elapsed: float) -> float:
+        if self.steps is None:
+            if step == self.probe[0]:
+                self.probe_start = elapsed
+            if step == self.probe[1]:
+                per_step = (elapsed - self.probe_start) / (self.probe[1] - self.probe[0])
+                self.steps = max(step + 1, int(0.96 * (self.budget - elapsed) / per_step) + step)
+                self.factor = warmup_cosine(self.steps, self.warm)
+        return self.lr * (self.factor(step) if self.factor is not None else (step + 1) / self.warm)
+
+
+class _LossWindow:
+    """Mean loss over windows of ``every`` steps: the run's loss curve."""
+
+    def __init__(self, every: int = 25) -> None:
+        self.every, self.values, self.history = every, [], []
+
+    def add(self, step: int, loss: float, lr: float, seconds: float, *, final: bool = False) -> None:
+        if not final:
+            self.values.append(loss)
+        if self.values and (final or step % self.every == 0):
+            entry = {
+                "step": step,
+                "loss": float(np.mean(self.values)),
+                "lr": lr,
+                "seconds": round(seconds, 1),
+            }
+            self.history.append(entry)
+            self.values = []
+
+
+def _step(
+    clip: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Sequence[torch.Tensor],
+    positives: str,
+    grad_clip: float,
+) -> float:
+    """One contrastive step on a batch from ``CaptionedScenes``; returns its loss."""
+    pixels, tokens, labels, mentions = batch
+    device = next(clip.parameters()).device
+    visual = clip.visual
+    x = scene_tensor(pixels.numpy(), visual.image_mean, visual.image_std, image_size(visual)).to(device)
+    image_features = clip.encode_image(x)
+    text_features = encode_tokens(clip, tokens.to(device), batch_size=len(tokens))
+    loss = clip_loss(
+        image_features, text_features, clip.logit_scale, labels.to(device), positives, mentions.to(device)
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    return loss.item()
 
 
 def contrastive_train(
@@ -257,108 +362,57 @@ def contrastive_train(
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     torch.manual_seed(seed)
-    spec = spec or SceneSpec()
-    size = image_size(clip.visual)
-    mean, std = tuple(clip.visual.image_mean), tuple(clip.visual.image_std)
-    device = next(clip.parameters()).device
     clip.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(_param_groups(clip, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    budget = None if minutes is None else minutes * 60.0
-    schedule_steps = steps
-    warm = max(1, min(warmup, steps) if steps is not None else warmup)
-    factor = warmup_cosine(schedule_steps, warm) if schedule_steps is not None else None
-    # Steps timed to size the schedule from the budget: inside the warm-up, whose rates do not depend on
-    # the schedule's length, so a run sized this way equals the run given that length as ``steps``.
-    probe = (min(5, warm // 3), max(1, warm))
-
+    schedule = _Schedule(lr, steps, warmup, None if minutes is None else minutes * 60.0)
     data = CaptionedScenes(seed, batch_size, tokenizer, start_batch=start_batch, spec=spec)
     loader = torch.utils.data.DataLoader(
         data, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
     )
-    history: list[dict[str, float]] = []
-    evals: list[dict[str, float]] = []
-    start = time.perf_counter()
-    probe_start = start
-    bar = tqdm(total=schedule_steps, desc="pretrain", unit="step", disable=not progress)
-    step = 0
-    window: list[float] = []
+    losses, evals = _LossWindow(), []
+    start, step, lr_now = time.perf_counter(), 0, 0.0
+    bar = tqdm(total=steps, desc="pretrain", unit="step", disable=not progress)
     try:
-        for pixels, tokens, labels in loader:
-            if schedule_steps is not None and step >= schedule_steps:
-                break
+        for batch in loader:
+            elapsed = time.perf_counter() - start
             if max_steps is not None and step >= max_steps:
                 break
-            elapsed = time.perf_counter() - start
-            if budget is not None and elapsed > budget:
+            if schedule.budget is not None and elapsed > schedule.budget:
                 break
-            if schedule_steps is None:
-                if step == probe[0]:
-                    probe_start = time.perf_counter()
-                if step == probe[1]:
-                    per_step = (time.perf_counter() - probe_start) / (probe[1] - probe[0])
-                    schedule_steps = max(step + 1, int(0.96 * (budget - elapsed) / per_step) + step)
-                    factor = warmup_cosine(schedule_steps, warm)
-                    bar.total = schedule_steps
-                    bar.refresh()
-            lr_now = lr * (factor(step) if factor is not None else (step + 1) / warm)
+            lr_now = schedule.rate(step, elapsed)
+            bar.total = schedule.steps
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
-            x = scene_tensor(pixels.numpy(), mean, std, size).to(device)
-            image_features = clip.encode_image(x)
-            text_features = encode_tokens(clip, tokens.to(device), batch_size=len(tokens))
-            loss = clip_loss(image_features, text_features, clip.logit_scale, labels.to(device), positives)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(clip.parameters(), grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                clip.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+            loss = _step(clip, optimizer, batch, positives, grad_clip)
             step += 1
-            window.append(loss.item())
+            losses.add(step, loss, lr_now, time.perf_counter() - start)
             bar.update(1)
             bar.set_postfix(
-                loss=f"{window[-1]:.3f}", lr=f"{lr_now:.2e}", scale=f"{clip.logit_scale.exp().item():.1f}"
+                loss=f"{loss:.3f}", lr=f"{lr_now:.2e}", scale=f"{clip.logit_scale.exp().item():.1f}"
             )
-            if step % 25 == 0:
-                history.append(
-                    {
-                        "step": step,
-                        "loss": float(np.mean(window)),
-                        "lr": lr_now,
-                        "seconds": round(time.perf_counter() - start, 1),
-                    }
-                )
-                window = []
             if eval_fn is not None and eval_every and step % eval_every == 0:
-                value = eval_fn(clip)
-                evals.append({"step": step, "map": value})
-                tqdm.write(f"step {step}: loss {loss.item():.3f}, validation zero-shot mAP {value:.4f}")
+                evals.append({"step": step, "map": eval_fn(clip)})
+                tqdm.write(f"step {step}: loss {loss:.3f}, validation zero-shot mAP {evals[-1]['map']:.4f}")
                 clip.train()
+            if schedule.steps is not None and step >= schedule.steps:
+                break
     finally:
         bar.close()
         clip.eval().requires_grad_(False)
-    if window:
-        history.append(
-            {
-                "step": step,
-                "loss": float(np.mean(window)),
-                "lr": lr_now,
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-        )
+    losses.add(step, 0.0, lr_now, time.perf_counter() - start, final=True)
     return {
         "steps": step,
-        "schedule_steps": schedule_steps,
+        "schedule_steps": schedule.steps,
         "batch_size": batch_size,
         "lr": lr,
         "weight_decay": weight_decay,
-        "warmup": warm,
+        "warmup": schedule.warm,
         "seed": seed,
         "start_batch": start_batch,
         "positives": positives,
+        "concepts": {"order_seed": CONCEPT_ORDER_SEED, "exponent": CONCEPT_EXPONENT},
         "seconds": round(time.perf_counter() - start, 1),
-        "history": history,
+        "history": losses.history,
         "evals": evals,
     }
 

@@ -5,18 +5,24 @@ world stands in for both: ``capnet.world.pretrain`` trains a tiny open_clip mode
 captions, and long-tailed multi-label experiments sample its scenes with skewed class frequencies.
 
 Each of the 20 classes (``SCENE_CLASSES``) is a fixed signature of shape, colour, texture and size, and
-its name is the phrase that captions use for it ("red star", "small yellow circle", "striped square"), so
-zero-shot prompts built from ``SCENE_TEMPLATES`` ask the text tower about words it was trained on. Every
-class name starts with a consonant, so "a {}" is always grammatical. Textured classes (striped, checkered,
-dotted) take a random colour per instance that captions never name: texture and shape decide the class.
+its name is its full phrase ("red star", "small yellow circle", "striped square"); zero-shot prompts are
+built from those names with ``SCENE_TEMPLATES``. Every class name starts with a consonant, so "a {}" is
+always grammatical. Textured classes (striped, checkered, dotted) take a random colour per instance that
+captions never name: texture and shape decide the class.
+
+Captions are alt-text: they name a subset of the objects, the most visible one almost always and the
+others with a chance that falls with their visible area, each in varied wording (its class phrase,
+synonyms, attributes left out, or a coarse word such as "shape"); ``Scene.mentions`` records which
+classes each naming is true of. The model card (checkpoints/capnet-synth.md) says why.
 
 A scene holds one to four objects of distinct classes on a solid, gradient or noise-texture background,
 with partial occlusion (objects overlap, thin clutter bars cross them, some are cut by the border) and
 pixel noise. Co-occurrence is structured: the classes form ten fixed pairs (``COOCCURRING_PAIRS``) and
 each further object is, with probability ``SceneSpec.cooccurrence``, the partner of an object already in
 the scene. The pairing is a perfect matching, so with uniform class probabilities every class is equally
-frequent (the class-balanced corpus the tiny CLIP is trained on); with skewed ``class_probs`` a tail
-class whose partner is a head class appears more often than its own probability says, as in COCO.
+frequent; with skewed ``class_probs`` (the tiny CLIP's Zipf pretraining concepts, a world's natural
+distribution ``natural_probs``) a tail class whose partner is a head class appears more often than its
+own probability says, as in COCO.
 
 Scene ``i`` of seed ``s`` is drawn from ``numpy.random.default_rng([s, i])``: it never depends on how many
 scenes are drawn with it, so the first 200 scenes of a test set are the same whether 200 or 1,000 are made.
@@ -24,12 +30,16 @@ scenes are drawn with it, so the first 200 scenes of a test set are the same whe
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 __all__ = [
     "CLASS_SIGNATURES",
@@ -38,8 +48,16 @@ __all__ = [
     "SCENE_TEMPLATES",
     "ClassSignature",
     "SceneObject",
+    "NATURAL_SPEC",
+    "Scene",
     "SceneSpec",
     "balanced_probs",
+    "draw_scene",
+    "mention_classes",
+    "natural_probs",
+    "scenes",
+    "write_scenes",
+    "zipf_probs",
     "cooccurrence_matrix",
     "generate_scene",
     "partner_of",
@@ -84,13 +102,14 @@ CLASS_SIGNATURES: tuple[ClassSignature, ...] = (
 SCENE_CLASSES: tuple[str, ...] = tuple(s.name for s in CLASS_SIGNATURES)
 _INDEX = {name: i for i, name in enumerate(SCENE_CLASSES)}
 
-# Zero-shot prompts: phrasings that one-object captions use, so the text tower knows every word.
+# Zero-shot prompts in CLIP's style: every word occurs in alt-text captions (the text tower learned it), as
+# "a photo of a {}." is made of words frequent on the web.
 SCENE_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "an image of a {}.",
     "a {}.",
-    "a picture of a {}.",
-    "a scene with a {}.",
+    "an illustration with a {}.",
     "a {} on a plain background.",
-    "a single {}.",
 )
 
 # A perfect matching of the 20 classes: each class has exactly one partner it tends to appear with.
@@ -129,7 +148,6 @@ _TEXTURE_COLOURS = ("red", "yellow", "green", "blue", "purple", "pink", "cyan", 
 # Object radius ranges in pixels at 64 x 64 (scaled with the image size).
 RADII = {"small": (4.5, 6.0), "medium": (8.0, 10.5), "large": (13.0, 16.0)}
 _BACKGROUND_WORDS = {"solid": ("plain",), "gradient": ("gradient", "shaded"), "noise": ("noisy", "textured")}
-_NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 
 
 @dataclass(frozen=True)
@@ -176,6 +194,25 @@ def partner_of(class_name: str) -> str:
 
 def balanced_probs() -> np.ndarray:
     return np.full(len(SCENE_CLASSES), 1.0 / len(SCENE_CLASSES))
+
+
+def zipf_probs(order_seed: int, exponent: float) -> np.ndarray:
+    """Probabilities falling as 1 / rank ** exponent, the ranks in an order drawn from ``order_seed``."""
+    order = np.random.default_rng(order_seed).permutation(len(SCENE_CLASSES))
+    probs = np.empty(len(SCENE_CLASSES))
+    probs[order] = 1.0 / (np.arange(len(SCENE_CLASSES)) + 1) ** exponent
+    return probs / probs.sum()
+
+
+# The world's natural distribution (world ``w``): Zipf class frequencies in an order drawn from ``w``, and
+# mostly one or two objects per scene, as photo collections are. Synth-LT's pool and test set are drawn
+# from it, as VOC-LT's training pool and VOC2007 test are drawn from the photos of one collection.
+NATURAL_SPEC = SceneSpec(count_probs=(0.5, 0.3, 0.15, 0.05))
+NATURAL_EXPONENT = 1.2
+
+
+def natural_probs(world: int = 0) -> np.ndarray:
+    return zipf_probs(world, NATURAL_EXPONENT)
 
 
 def _check_probs(class_probs: Sequence[float] | np.ndarray | None) -> np.ndarray:
@@ -361,57 +398,125 @@ def _background(rng: np.random.Generator, spec: SceneSpec) -> tuple[Image.Image,
 
 # ---------------------------------------------------------------------------------------------- captions
 
+# Web alt-text names what stands out: the most salient object (the most visible pixels) almost always,
+# others with a chance that falls with their visible area relative to it.
+NAME_TOP = 0.95
+NAME_OTHERS = 0.85
+# How a named object is worded: its class name, synonyms, some attributes left out, or a coarse word.
+WORDING_PROBS = {"exact": 0.45, "synonym": 0.2, "partial": 0.25, "coarse": 0.1}
+_SYNONYMS = {
+    "red": ("crimson", "scarlet"),
+    "yellow": ("golden", "lemon"),
+    "green": ("emerald", "lime"),
+    "blue": ("navy", "azure"),
+    "purple": ("violet", "lilac"),
+    "pink": ("rose", "magenta"),
+    "cyan": ("turquoise", "teal"),
+    "white": ("ivory", "snowy"),
+    "black": ("dark", "jet"),
+    "brown": ("chocolate", "tan"),
+    "small": ("tiny", "little"),
+    "large": ("big", "huge"),
+    "striped": ("stripy", "banded"),
+    "checkered": ("chequered", "chessboard"),
+    "dotted": ("spotted", "speckled"),
+    "circle": ("disc", "disk"),
+    "ring": ("hoop", "donut"),
+    "star": ("starburst", "pentagram"),
+    "triangle": ("wedge", "trigon"),
+    "square": ("box", "tile"),
+    "diamond": ("rhombus", "lozenge"),
+    "hexagon": ("honeycomb", "hex"),
+    "cross": ("plus", "crosslet"),
+    "crescent": ("moon", "sickle"),
+    "heart": ("valentine", "love"),
+}
+_COARSE = ("shape", "object", "figure", "thing")
 
-def _relation(a: SceneObject, b: SceneObject) -> str:
-    """Where a is relative to b, in words."""
-    dx, dy = a.x - b.x, a.y - b.y
-    if abs(dx) >= abs(dy):
-        return "to the left of" if dx < 0 else "to the right of"
-    return "above" if dy < 0 else "below"
+
+def _attributes(sig: ClassSignature) -> list[tuple[str, str]]:
+    """(kind, word) pairs of a class, in the order its name uses them; the last is always its shape."""
+    out = []
+    if sig.size != "medium":
+        out.append(("size", sig.size))
+    if sig.texture != "solid":
+        out.append(("texture", sig.texture))
+    if sig.colour is not None:
+        out.append(("colour", sig.colour))
+    return [*out, ("shape", sig.shape)]
 
 
-def _listing(names: list[str]) -> str:
-    items = [f"a {n}" for n in names]
+def mention_classes(attributes: Sequence[tuple[str, str]]) -> frozenset[int]:
+    """The classes a mention can refer to: those whose signature has every named attribute."""
+    return frozenset(
+        i
+        for i, sig in enumerate(CLASS_SIGNATURES)
+        if all(dict(_attributes(sig)).get(kind) == word for kind, word in attributes)
+    )
+
+
+def _mention(rng: np.random.Generator, sig: ClassSignature) -> tuple[str, frozenset[int]]:
+    """One named object: its words and the set of classes those words are true of."""
+    attrs = _attributes(sig)
+    kinds = list(WORDING_PROBS)
+    wording = kinds[int(rng.choice(len(kinds), p=np.array(list(WORDING_PROBS.values()))))]
+    if wording == "exact":
+        return " ".join(w for _, w in attrs), frozenset({_INDEX[sig.name]})
+    if wording == "synonym":
+        swap = rng.random(len(attrs)) < 0.5
+        swap[int(rng.integers(len(attrs)))] = True
+        words = [_SYNONYMS[w][int(rng.integers(2))] if s else w for (_, w), s in zip(attrs, swap)]
+        return " ".join(words), frozenset({_INDEX[sig.name]})
+    if wording == "partial":  # keep the shape, drop at least one other attribute
+        extra = attrs[:-1]
+        keep = rng.random(len(extra)) < 0.5
+        keep[int(rng.integers(len(extra)))] = False
+        kept = [a for a, k in zip(extra, keep) if k] + [attrs[-1]]
+        return " ".join(w for _, w in kept), mention_classes(kept)
+    noun = _COARSE[int(rng.integers(len(_COARSE)))]
+    if sig.colour is not None and rng.random() < 0.5:
+        return f"{sig.colour} {noun}", mention_classes([("colour", sig.colour)])
+    return noun, frozenset(range(len(SCENE_CLASSES)))
+
+
+def _article(phrase: str) -> str:
+    return f"an {phrase}" if phrase[0] in "aeiou" else f"a {phrase}"
+
+
+def _listing(phrases: list[str]) -> str:
+    items = [_article(p) for p in phrases]
     if len(items) == 1:
         return items[0]
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _caption(rng: np.random.Generator, objects: list[SceneObject], background: str) -> str:
-    """A sentence naming every object by its class name, in one of several phrasings."""
-    order = [objects[i] for i in rng.permutation(len(objects))]
-    names = [SCENE_CLASSES[o.cls] for o in order]
-    k = len(names)
+def _caption(
+    rng: np.random.Generator, objects: list[SceneObject], visible: np.ndarray, background: str
+) -> tuple[str, list[frozenset[int]], tuple[int, ...]]:
+    """Alt-text: a sentence naming some objects, salient first; what each naming is true of; the classes
+    named (in any wording)."""
+    order = np.argsort(-visible, kind="stable")
+    top = max(float(visible[order[0]]), 1.0)
+    named, named_classes = [], []
+    for rank, k in enumerate(order):
+        p = NAME_TOP if rank == 0 else NAME_OTHERS * float(visible[k]) / top
+        if rng.random() < p:
+            named.append(_mention(rng, CLASS_SIGNATURES[objects[k].cls]))
+            named_classes.append(objects[k].cls)
     bg = _BACKGROUND_WORDS[background][int(rng.integers(len(_BACKGROUND_WORDS[background])))]
-    if k == 1:
-        forms = [
-            f"a {names[0]}.",
-            f"a picture of a {names[0]}.",
-            f"a scene with a {names[0]}.",
-            f"a {names[0]} on a {bg} background.",
-            f"a single {names[0]}.",
-            f"one shape: a {names[0]}.",
-        ]
-    elif k == 2:
-        forms = [
-            f"a {names[0]} beside a {names[1]}.",
-            f"a {names[0]} and a {names[1]}.",
-            f"a {names[0]} {_relation(order[0], order[1])} a {names[1]}.",
-            f"two shapes: a {names[0]} and a {names[1]}.",
-            f"a {names[0]} next to a {names[1]} on a {bg} background.",
-            f"a scene with a {names[0]} and a {names[1]}.",
-        ]
-    else:
-        rest = _listing(names[2:])
-        forms = [
-            f"{_listing(names)}.",
-            f"{_NUMBER_WORDS[k]} shapes: {_listing(names)}.",
-            f"a scene with {_listing(names)}.",
-            f"a {names[0]} {_relation(order[0], order[1])} a {names[1]}, with {rest}.",
-            f"{_listing(names)} on a {bg} background.",
-            f"a picture of {_listing(names)}.",
-        ]
-    return forms[int(rng.integers(len(forms)))]
+    if not named:
+        forms = ["some shapes.", f"shapes on a {bg} background.", "abstract geometric art."]
+        return forms[int(rng.integers(len(forms)))], [], ()
+    listing = _listing([words for words, _ in named])
+    forms = [
+        f"{listing}.",
+        f"a photo of {listing}.",
+        f"{listing} on a {bg} background.",
+        f"image of {listing}.",
+        f"{listing}, clip art.",
+        f"an illustration with {listing}.",
+    ]
+    return forms[int(rng.integers(len(forms)))], [classes for _, classes in named], tuple(named_classes)
 
 
 # ---------------------------------------------------------------------------------------------- scenes
@@ -419,8 +524,10 @@ def _caption(rng: np.random.Generator, objects: list[SceneObject], background: s
 
 def _render(
     rng: np.random.Generator, spec: SceneSpec, objects: list[SceneObject], image: Image.Image
-) -> Image.Image:
-    for o in objects:
+) -> tuple[Image.Image, np.ndarray]:
+    """The scene drawn in order (later objects cover earlier ones), and each object's visible pixels."""
+    owner = np.full((spec.size, spec.size), -1, dtype=np.int64)
+    for k, o in enumerate(objects):
         sig = CLASS_SIGNATURES[o.cls]
         box = int(math.ceil(2.6 * o.radius)) + 2
         mask = _draw_mask(sig.shape, o.radius, o.angle, box)
@@ -430,6 +537,7 @@ def _render(
             image.paste(fill, corner, mask)
         else:
             image.paste(fill, (*corner, corner[0] + box, corner[1] + box), mask)
+        _cover(owner, np.asarray(mask) > 127, corner, k)
     if rng.random() < spec.clutter:
         pen = ImageDraw.Draw(image)
         for _ in range(int(rng.integers(1, 3))):
@@ -441,7 +549,48 @@ def _render(
         arr = np.asarray(image, dtype=np.float32)
         arr = arr + rng.standard_normal(arr.shape, dtype=np.float32) * sigma
         image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    return image
+    visible = np.bincount(owner[owner >= 0], minlength=len(objects)).astype(np.float64)
+    return image, visible
+
+
+def _cover(owner: np.ndarray, mask: np.ndarray, corner: tuple[int, int], k: int) -> None:
+    """Mark the pixels of ``mask`` (placed at ``corner``, clipped to the image) as object ``k``'s."""
+    x0, y0 = corner
+    h, w = mask.shape
+    ys, xs = slice(max(y0, 0), min(y0 + h, owner.shape[0])), slice(max(x0, 0), min(x0 + w, owner.shape[1]))
+    sub = mask[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+    owner[ys, xs][sub] = k
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A drawn scene, with what its caption names: one set of classes per naming, each true of the
+    scene when it holds one of them."""
+
+    image: Image.Image
+    labels: np.ndarray
+    caption: str
+    objects: list[SceneObject]
+    visible: np.ndarray  # visible pixels of each object
+    mentions: list[frozenset[int]]
+    named: tuple[int, ...]  # the classes the caption names, in any wording
+
+
+def draw_scene(
+    rng: np.random.Generator,
+    spec: SceneSpec | None = None,
+    class_probs: Sequence[float] | np.ndarray | None = None,
+) -> Scene:
+    spec = spec or SceneSpec()
+    probs = _check_probs(class_probs)
+    classes = _pick_classes(rng, spec, probs)
+    objects = _place(rng, spec, classes)
+    image, background = _background(rng, spec)
+    image, visible = _render(rng, spec, objects, image)
+    caption, mentions, named = _caption(rng, objects, visible, background)
+    labels = np.zeros(len(SCENE_CLASSES), dtype=np.uint8)
+    labels[classes] = 1
+    return Scene(image, labels, caption, objects, visible, mentions, named)
 
 
 def generate_scene(
@@ -452,18 +601,10 @@ def generate_scene(
     return_objects: bool = False,
 ):
     """One scene: (PIL image, label vector (C,) uint8, caption); plus its objects when ``return_objects``."""
-    spec = spec or SceneSpec()
-    probs = _check_probs(class_probs)
-    classes = _pick_classes(rng, spec, probs)
-    objects = _place(rng, spec, classes)
-    image, background = _background(rng, spec)
-    image = _render(rng, spec, objects, image)
-    caption = _caption(rng, objects, background)
-    labels = np.zeros(len(SCENE_CLASSES), dtype=np.uint8)
-    labels[classes] = 1
+    scene = draw_scene(rng, spec, class_probs)
     if return_objects:
-        return image, labels, caption, objects
-    return image, labels, caption
+        return scene.image, scene.labels, scene.caption, scene.objects
+    return scene.image, scene.labels, scene.caption
 
 
 def scene_at(
@@ -476,6 +617,20 @@ def scene_at(
     return generate_scene(np.random.default_rng([int(seed), int(index)]), spec, class_probs)
 
 
+def scenes(
+    n: int,
+    seed: int,
+    *,
+    class_probs: Sequence[float] | np.ndarray | None = None,
+    spec: SceneSpec | None = None,
+    start: int = 0,
+) -> list[Scene]:
+    """Scenes ``start .. start + n - 1`` of stream ``seed``, with everything known about each."""
+    spec = spec or SceneSpec()
+    probs = _check_probs(class_probs)
+    return [draw_scene(np.random.default_rng([int(seed), start + i]), spec, probs) for i in range(n)]
+
+
 def scene_batch(
     n: int,
     seed: int,
@@ -485,15 +640,11 @@ def scene_batch(
     start: int = 0,
 ) -> tuple[list[Image.Image], np.ndarray, list[str]]:
     """Scenes ``start .. start + n - 1`` of stream ``seed``: (images, labels (n, C) uint8, captions)."""
-    spec = spec or SceneSpec()
-    probs = _check_probs(class_probs)
-    images, labels, captions = [], np.zeros((n, len(SCENE_CLASSES)), dtype=np.uint8), []
-    for i in range(n):
-        image, label, caption = generate_scene(np.random.default_rng([int(seed), start + i]), spec, probs)
-        images.append(image)
-        labels[i] = label
-        captions.append(caption)
-    return images, labels, captions
+    drawn = scenes(n, seed, class_probs=class_probs, spec=spec, start=start)
+    labels = np.zeros((n, len(SCENE_CLASSES)), dtype=np.uint8)
+    for i, scene in enumerate(drawn):
+        labels[i] = scene.labels
+    return [s.image for s in drawn], labels, [s.caption for s in drawn]
 
 
 def cooccurrence_matrix(labels: np.ndarray) -> np.ndarray:
@@ -502,3 +653,46 @@ def cooccurrence_matrix(labels: np.ndarray) -> np.ndarray:
     counts = y.T @ y
     with np.errstate(invalid="ignore", divide="ignore"):
         return counts / np.diag(counts)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write_scenes(out: str | Path, n: int, seed: int, *, balanced: bool = False, world: int = 0) -> Path:
+    """Scenes 0 .. n - 1 of stream ``seed`` as a CSV dataset: ``out/images/*.png`` and ``out/labels.csv``
+    (header ``path,labels``, ``;``-separated class names). World ``world``'s natural distribution unless
+    ``balanced`` (every class equally often, the default scene spec). Returns the CSV's path."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    probs, spec = (balanced_probs(), SceneSpec()) if balanced else (natural_probs(world), NATURAL_SPEC)
+    lines = ["path,labels"]
+    for i in tqdm(range(n), desc="scenes", unit="scene", disable=n < 500):
+        scene = draw_scene(np.random.default_rng([int(seed), i]), spec, probs)
+        path = f"images/{i:05d}.png"
+        scene.image.save(out / path)
+        lines.append(f"{path},{';'.join(SCENE_CLASSES[c] for c in np.flatnonzero(scene.labels))}")
+    (out / "labels.csv").write_text("\n".join(lines) + "\n")
+    return out / "labels.csv"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m capnet.world.scenes", description="Write scenes of the synthetic world as a dataset."
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder for labels.csv and images/")
+    parser.add_argument("--n", type=int, default=1000, help="number of scenes")
+    parser.add_argument("--seed", type=int, default=0, help="scene stream")
+    parser.add_argument("--world", type=int, default=0, help="whose natural distribution (Synth-LT world)")
+    parser.add_argument("--balanced", action="store_true", help="every class equally often")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n must be at least 1, got {args.n}")
+    path = write_scenes(args.out, args.n, args.seed, balanced=args.balanced, world=args.world)
+    print(f"wrote {args.n} scenes: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
