@@ -473,6 +473,44 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reproduce)
 
 
+# ---------------------------------------------------------------------------------------------- world
+def cmd_world_scenes(args: argparse.Namespace) -> int:
+    from capnet.world.scenes import write_scenes
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    path = write_scenes(args.out, args.n, args.seed, balanced=args.balanced, world=args.world)
+    print(f"wrote {args.n} scenes: {path}")
+    return 0
+
+
+@command
+def add_world(sub: argparse._SubParsersAction) -> None:
+    world = subparser(
+        sub,
+        "world",
+        "the synthetic world: write its scenes as a dataset",
+        "The offline world the shipped tiny CLIP knows (see checkpoints/capnet-synth.md).",
+        "capnet world scenes --out fresh --n 1000 --seed 90210",
+    )
+    actions = world.add_subparsers(dest="world_command", required=True, metavar="ACTION", help="what to do")
+    p = subparser(
+        actions,
+        "scenes",
+        "write N scenes (labels.csv and images/), natural distribution by default",
+        "Scenes 0 .. N-1 of stream SEED as a CSV dataset (header path,labels; labels separated by ';'),\n"
+        "drawn from the world's natural distribution (as VOC2007 test is), or class-balanced. A seed\n"
+        "nobody trained on gives scenes no shipped model has seen.",
+        "capnet world scenes --out fresh --n 1000 --seed 90210",
+    )
+    p.add_argument("--out", required=True, help="folder for labels.csv and images/")
+    p.add_argument("--n", type=int, default=1000, help="number of scenes")
+    p.add_argument("--seed", type=int, default=0, help="scene stream")
+    p.add_argument("--world", type=int, default=0, help="whose natural distribution (Synth-LT world)")
+    p.add_argument("--balanced", action="store_true", help="every class equally often")
+    p.set_defaults(func=cmd_world_scenes)
+
+
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

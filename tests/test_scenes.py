@@ -226,3 +226,16 @@ def test_scenes_command_natural_by_default_balanced_on_request(tmp_path, capsys)
     with pytest.raises(SystemExit) as bad:
         scenes_main(["--out", str(tmp_path / "none"), "--n", "0"])
     assert bad.value.code == 2 and "--n must be at least 1" in capsys.readouterr().err
+
+
+def test_capnet_world_scenes_writes_a_dataset_the_loader_reads(tmp_path, capsys):
+    from capnet import cli
+    from capnet.data import read_csv
+
+    assert cli.main(["world", "scenes", "--out", str(tmp_path / "s"), "--n", "12", "--seed", "90210"]) == 0
+    assert "wrote 12 scenes" in capsys.readouterr().out
+    records = read_csv(tmp_path / "s" / "labels.csv", tmp_path / "s", list(SCENE_CLASSES))
+    assert len(records) == 12 and all(p.is_file() for p in records.paths)
+    images, labels, _ = scene_batch(12, 90210, class_probs=natural_probs(0), spec=NATURAL_SPEC)
+    assert (records.labels == labels).all()  # the same scenes as the library draws
+    assert cli.main(["world", "scenes", "--out", str(tmp_path / "t"), "--n", "0"]) == 2
