@@ -220,11 +220,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--labels and --preset choose classes for zero-shot, but a checkpoint brings its own: "
             "drop them, or drop --checkpoint for zero-shot"
         )
-    if args.checkpoint and (args.calibrate_on or args.raw):
-        raise ValueError(
-            "--calibrate-on and --raw concern zero-shot scores; a checkpoint's biases are trained: "
-            "drop them, or drop --checkpoint for zero-shot"
-        )
     calibration = None
     if args.checkpoint:
         from capnet.checkpoint import model_from_checkpoint
@@ -232,6 +227,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model = model_from_checkpoint(args.checkpoint, weights=args.weights, device=args.device)
     else:
         model = _zero_shot_model(args)
+    if not model.zero_shot and (args.calibrate_on or args.raw):
+        raise ValueError(
+            "--calibrate-on and --raw concern zero-shot scores; a trained checkpoint keeps its biases: "
+            "drop them, or drop --checkpoint for zero-shot"
+        )
     if model.zero_shot:
         calibration = _calibrate(model, args.calibrate_on, args.raw)
         print(f"capnet: {calibration.describe()}", file=sys.stderr)

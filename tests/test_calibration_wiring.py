@@ -116,3 +116,14 @@ def test_calibration_mistakes_are_one_line(scenes, capsys, extra, needle):
     assert cli.main(["predict", str(scenes[0]), *ZERO_SHOT, *LABELS, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("capnet: error: ") and needle in err[-1], err
+
+
+@pytest.mark.parametrize("flag", [["--raw"], ["--calibrate-on", "."]])
+def test_a_trained_checkpoint_keeps_its_biases(scenes, tmp_path, capsys, flag):
+    from capnet.checkpoint import save_checkpoint
+
+    trained = CapNet(load_backbone(name="capnet-tiny", pretrained=None), ["red", "green"])
+    path = save_checkpoint(trained, tmp_path / "m.safetensors")
+    assert cli.main(["predict", str(scenes[0]), "--checkpoint", str(path), "--workers", "0", *flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("capnet: error: --calibrate-on and --raw concern zero-shot") and "\n" not in err
