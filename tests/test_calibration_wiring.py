@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from app import text as app_text
+from app.label_sources import SCENES
 from app.models import ServedModels
 from app.predict import predict, read_uploads, zero_shot_model
+from app.tabs.predict import run_predict
 from capnet import cli
 from capnet.backbone import load_backbone
 from capnet.model import CapNet
@@ -57,6 +60,11 @@ def test_the_app_and_the_cli_give_the_same_probabilities(scenes, capsys):
     assert model.calibration.describe() == (
         "zero-shot probabilities calibrated on 256 reference images (synthetic-world scenes), prior 0.10"
     )
+
+    # The Predict tab's message names the calibration, escaped as all its text is.
+    message = run_predict(served, [str(scenes[0])], [], SCENES, "", 0.5, False, None)[0]
+    assert message.endswith(app_text.md(f"Zero-shot: {model.calibration.describe()}."))
+    assert r"images \(synthetic\-world scenes\), prior 0\.10" in message
 
     rows, err = _cli_json(capsys, str(scenes[0]), *ZERO_SHOT, *LABELS)
     assert err.splitlines()[0] == f"capnet: {model.calibration.describe()}"
