@@ -17,11 +17,13 @@ from app import text
 from app.graph_view import GROUP_COLOURS
 from app.limits import DECODE_SIDE, MAX_IMAGES, MAX_LABELS, MAX_PIXELS
 from app.models import ServedModels
+from capnet.calibration import ReferenceSet, calibrate_zero_shot, choose_reference
 from capnet.images import ImageError, load_image
 from capnet.labelsets import PRESETS
 from capnet.metrics import class_groups
 from capnet.model import CapNet, validate_class_names
-from capnet.world.scenes import scene_batch
+from capnet.world.pretrain import MODEL_NAME
+from capnet.world.scenes import reference_scenes, scene_batch
 
 
 def sample_photos() -> dict[str, Image.Image]:
@@ -47,12 +49,6 @@ def samples_for(served: ServedModels) -> dict[str, Image.Image]:
         else:
             served._samples = sample_photos()
     return served._samples
-
-
-def calibration_images(served: ServedModels) -> list[Image.Image]:
-    if served.world:
-        return scene_batch(64, seed=4343)[0]
-    return list(sample_photos().values())
 
 
 def parse_labels(preset: str, custom: str) -> tuple[str, ...]:
@@ -117,18 +113,19 @@ def _probabilities(model: CapNet, images: list[Image.Image], tta: bool) -> torch
         return model.predict(batch).cpu().clone()
 
 
-def calibrate_zero_shot(model: CapNet, references: list[Image.Image], labels_per_image: float = 2.0) -> None:
-    """A flat prior (labels per image / classes) over reference photos: see the README on calibration."""
-    transform = model.image_transform()
-    feats = model.encode_image(torch.stack([transform(im) for im in references]))
-    model.calibrate(feats, min(0.5, labels_per_image / model.num_classes))
+def calibration_reference(served: ServedModels) -> ReferenceSet:
+    """The reference set of every zero-shot label set served, chosen as ``capnet predict`` chooses it."""
+    if not hasattr(served, "_reference"):
+        world = served.world or served.backbone.config.name == MODEL_NAME
+        served._reference = choose_reference(scenes=reference_scenes if world else None)
+    return served._reference
 
 
 def zero_shot_model(served: ServedModels, labels: tuple[str, ...]) -> CapNet:
+    """The served zero-shot model of ``labels``, calibrated once (its ``calibration`` says how)."""
     model = served.zero_shot(labels)
-    if not getattr(model, "app_calibrated", False):
-        calibrate_zero_shot(model, calibration_images(served))
-        model.app_calibrated = True
+    if getattr(model, "calibration", None) is None:
+        model.calibration = calibrate_zero_shot(model, calibration_reference(served))
     return model
 
 

@@ -220,12 +220,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--labels and --preset choose classes for zero-shot, but a checkpoint brings its own: "
             "drop them, or drop --checkpoint for zero-shot"
         )
+    calibration = None
     if args.checkpoint:
         from capnet.checkpoint import model_from_checkpoint
 
         model = model_from_checkpoint(args.checkpoint, weights=args.weights, device=args.device)
     else:
         model = _zero_shot_model(args)
+    if not model.zero_shot and (args.calibrate_on or args.raw):
+        raise ValueError(
+            "--calibrate-on and --raw concern zero-shot scores; a trained checkpoint keeps its biases: "
+            "drop them, or drop --checkpoint for zero-shot"
+        )
+    if model.zero_shot:
+        calibration = _calibrate(model, args.calibrate_on, args.raw)
+        print(f"capnet: {calibration.describe()}", file=sys.stderr)
     rows = predict_files(
         model,
         args.paths,
@@ -235,6 +244,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         on_skip=lambda problem: print(f"capnet: skipped {problem}", file=sys.stderr),
+        calibration=calibration,
     )
     text = format_rows(rows, args.format, args.threshold)
     if args.output:
@@ -267,6 +277,23 @@ def _zero_shot_model(args: argparse.Namespace):
     return CapNet(backbone, names, zero_shot=True)
 
 
+def _calibrate(model, folder: str | None, raw: bool):
+    """A zero-shot model's calibration: the reference rule the app shares (``choose_reference``), or none."""
+    from capnet.calibration import calibrate_zero_shot, choose_reference, reference_features, uncalibrated
+    from capnet.world.pretrain import MODEL_NAME
+    from capnet.world.scenes import reference_scenes
+
+    if raw:
+        if folder:
+            raise ValueError("--raw leaves zero-shot scores uncalibrated: drop --calibrate-on, or --raw")
+        return uncalibrated(model)
+    scenes = reference_scenes if model.config.backbone.name == MODEL_NAME else None
+    feats = reference_features(model, choose_reference(folder, scenes))
+    for problem in feats.problems:
+        print(f"capnet: skipped {problem}", file=sys.stderr)
+    return calibrate_zero_shot(model, feats)
+
+
 @command
 def add_predict(sub: argparse._SubParsersAction) -> None:
     from capnet.labelsets import PRESETS
@@ -277,7 +304,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         "label image files or folders",
         "Rank every class for each image, with a trained checkpoint or zero-shot over the classes you\n"
         "name. The table shows each image's path as given and its top classes; a * marks those at or\n"
-        "above --threshold. Unreadable files are skipped with a note.",
+        "above --threshold. Unreadable files are skipped with a note. Zero-shot probabilities are\n"
+        "calibrated on a fixed reference set (one line on stderr says which; see --calibrate-on, --raw).",
         "capnet predict photos/ --checkpoint runs/mine/model.safetensors --top 3",
     )
     p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
@@ -301,7 +329,23 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--top", type=int, default=5, help="classes shown per image in the table")
     p.add_argument("--tta", action="store_true", help="five-crop test-time ensembling")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output form")
+    p.add_argument(
+        "--calibrate-on",
+        metavar="DIR",
+        help="zero-shot: calibrate on the images under DIR (default: the synthetic world's scenes for "
+        "capnet-synth, else scikit-image's photos)",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="zero-shot: no calibration; the sigmoid of the scaled cosine, not a probability",
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="output form (json also carries each class's raw logit)",
+    )
     p.add_argument("--output", help="write to this file instead of stdout")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")

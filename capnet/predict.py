@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from capnet.calibration import Calibration
 from capnet.data import DataError, Records, check_images
 from capnet.engine.evaluate import score_records
 from capnet.model import CapNet
@@ -24,12 +25,17 @@ ABOVE = "*"
 
 @dataclass
 class Row:
-    """One image: its path (as the user named it), the labels above the threshold, the top-k, all scores."""
+    """One image: its path (as the user named it), the labels above the threshold, the top-k, all scores.
+
+    ``raw_logits`` are the logits without a zero-shot calibration's biases (the scaled cosines); for a
+    trained or uncalibrated model they are the logits themselves, of which ``probabilities`` is the sigmoid.
+    """
 
     path: str
     labels: list[str]
     top: dict[str, float]
     probabilities: dict[str, float] = field(repr=False)
+    raw_logits: dict[str, float] = field(default_factory=dict, repr=False)
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -65,8 +71,12 @@ def predict_files(
     batch_size: int = 32,
     num_workers: int = 0,
     on_skip: Callable[[str], None] | None = None,
+    calibration: Calibration | None = None,
 ) -> list[Row]:
-    """Score every readable image under ``paths``; unreadable ones go to ``on_skip`` and are left out."""
+    """Score every readable image under ``paths``; unreadable ones go to ``on_skip`` and are left out.
+
+    ``calibration``: the zero-shot calibration the model carries, so that each row also has the raw logits.
+    """
     files = image_files(paths)
     records = Records(
         list(model.class_names),
@@ -80,11 +90,11 @@ def predict_files(
     for problem in problems:
         if on_skip is not None:
             on_skip(problem)
-    probs = probabilities(
-        score_records(model, records, tta=tta, batch_size=batch_size, num_workers=num_workers)
-    )
+    logits = score_records(model, records, tta=tta, batch_size=batch_size, num_workers=num_workers)
+    probs = probabilities(logits)
+    raw = calibration.raw_logits(logits) if calibration is not None else logits
     rows = []
-    for path, row in zip(records.paths, probs):
+    for path, row, raw_row in zip(records.paths, probs, raw):
         order = np.argsort(-row, kind="stable")
         rows.append(
             Row(
@@ -92,6 +102,7 @@ def predict_files(
                 labels=[model.class_names[c] for c in order if row[c] >= threshold],
                 top={model.class_names[c]: round(float(row[c]), 4) for c in order[:top]},
                 probabilities=dict(zip(model.class_names, row.round(6).tolist())),
+                raw_logits=dict(zip(model.class_names, raw_row.astype(np.float64).round(5).tolist())),
             )
         )
     return rows
@@ -114,7 +125,16 @@ def _csv(rows: list[Row], threshold: float) -> str:
 
 def _json(rows: list[Row], threshold: float) -> str:
     return json.dumps(
-        [{"path": r.path, "labels": r.labels, "top": r.top, "probabilities": r.probabilities} for r in rows],
+        [
+            {
+                "path": r.path,
+                "labels": r.labels,
+                "top": r.top,
+                "probabilities": r.probabilities,
+                "raw_logits": r.raw_logits,
+            }
+            for r in rows
+        ],
         indent=1,
     )
 

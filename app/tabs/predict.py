@@ -87,7 +87,7 @@ def run_predict(served: ServedModels, files, picked, source, custom, threshold, 
             models["CAPNET"] = served.trained
         if tuned is not None and tuple(tuned.class_names) == labels:
             models["fine-tuned"] = tuned
-        models["zero-shot"] = zero_shot_model(served, labels)
+        zero_shot = models["zero-shot"] = zero_shot_model(served, labels)
         result = predict(models, images, tta=tta, counts=counts_for(served, source))
         shown = Shown(result, {name: _preview(image) for name, image in images})
     finally:
@@ -95,7 +95,8 @@ def run_predict(served: ServedModels, files, picked, source, custom, threshold, 
         release_soon()
     table = result.table.assign(above=result.table.probability >= threshold).round({"probability": 4})
     note = text.md(
-        f"{len(shown.previews)} image(s), {len(labels)} labels, models: {', '.join(result.models)}."
+        f"{len(shown.previews)} image(s), {len(labels)} labels, models: {', '.join(result.models)}. "
+        f"Zero-shot: {zero_shot.calibration.describe()}."
     )
     if problems:
         note = text.error(text.md("Skipped: " + " ".join(problems))) + "<br>" + note

@@ -655,6 +655,14 @@ def cooccurrence_matrix(labels: np.ndarray) -> np.ndarray:
         return counts / np.diag(counts)[:, None]
 
 
+REFERENCE_SEED = 4343  # the scenes zero-shot calibration is set on: a stream no training or test set uses
+
+
+def reference_scenes(n: int = 256) -> list[Image.Image]:
+    """The world's reference scenes for zero-shot calibration, one definition for the app and the CLI."""
+    return scene_batch(n, seed=REFERENCE_SEED)[0]
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 
