@@ -208,8 +208,8 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def load_config(path: str | Path, cls: type[T] = ModelConfig) -> T:  # type: ignore[assignment]
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping, or one line saying why it is not one."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -218,7 +218,12 @@ def load_config(path: str | Path, cls: type[T] = ModelConfig) -> T:  # type: ign
         raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return from_dict(cls, data, where=path.name)
+    return data
+
+
+def load_config(path: str | Path, cls: type[T] = ModelConfig) -> T:  # type: ignore[assignment]
+    path = Path(path)
+    return from_dict(cls, _read_yaml(path), where=path.name)
 
 
 @dataclass
@@ -332,14 +337,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     name = "config"
     if path:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = _read_yaml(path)
         name = path.name
         from_dict(RunConfig, data, where=name)  # the file's own mistakes, named as the file's
         rebase_paths(data, path.resolve().parent)
