@@ -1,8 +1,6 @@
 """Tests for capnet.metrics, checked against independent computations (hand formulas and sklearn)."""
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +8,6 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score
 
 from capnet.metrics import GROUPS, HEAD_MIN, TAIL_MAX, class_groups, f1_at_threshold, lt_map
-
-LT_SUMMARY = Path(__file__).resolve().parents[2] / "shared" / "ltsplits" / "lt_summary.json"
 
 
 def _ap_by_formula(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -182,13 +178,8 @@ def test_softmax_across_classes_changes_map():
     ("key", "sizes"),
     [("voc_lt", {"head": 6, "medium": 6, "tail": 8}), ("coco_lt", {"head": 22, "medium": 33, "tail": 25})],
 )
-def test_real_lt_splits(key, sizes):
-    if not LT_SUMMARY.is_file():
-        pytest.skip(f"{LT_SUMMARY} not present (shared LT splits not prepared)")
-    info = json.loads(LT_SUMMARY.read_text())
-    if key not in info:
-        pytest.skip(f"{key} not in {LT_SUMMARY}")
-    info = info[key]
+def test_real_lt_splits(key, sizes, lt_summary):
+    info = lt_summary[key]
     freq = info["train_class_freq"]
     groups = class_groups(freq)
     for g, file_g in (("head", "head"), ("medium", "middle"), ("tail", "tail")):
