@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from capnet.data.longtail import (
     build_longtail,
@@ -207,12 +208,7 @@ def voc_real():
 
 def test_voc_rebuild_matches_official_counts(voc_real):
     assert voc_real["spearman"] >= 0.98
-    try:
-        from scipy.stats import spearmanr
-    except ImportError:
-        pass
-    else:
-        assert spearmanr(voc_real["counts"], voc_real["official"])[0] == pytest.approx(voc_real["spearman"])
+    assert spearmanr(voc_real["counts"], voc_real["official"])[0] == pytest.approx(voc_real["spearman"])
 
 
 def test_voc_rebuild_size(voc_real):
