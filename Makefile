@@ -32,10 +32,12 @@ test: $(STAMP) $(CHROMIUM) lint
 app: $(STAMP)
 	$(PY) app.py
 
-# Benchmarks against bare open_clip (random ViT-B/16 and RN50 weights): writes benchmarks/results.md.
-# BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--threads 1" on a shared machine.
+# Benchmarks against bare open_clip (random ViT-B/16 and RN50 weights): writes benchmarks/results.md and
+# .json, then the README's table from the JSON. BENCH_ARGS passes options through, e.g.
+# make bench BENCH_ARGS="--threads 1" on a shared machine.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+	$(PY) tools/readme_figures.py
 
 # The synthetic world: retrain the shipped tiny CLIP (about 20 minutes on two CPU cores), run the ablation.
 pretrain: $(STAMP)
