@@ -6,7 +6,7 @@ STAMP := $(VENV)/.capnet-installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install test lint app bench pretrain ablation clean
+.PHONY: install test lint app bench mutate pretrain ablation clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ app: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 	$(PY) tools/readme_figures.py
+
+# Mutation testing (mutmut) of the core modules, each against its own tests: slow, so not part of `make test`;
+# run it before a release. Writes mutation/<module>.json and mutation/results.md (score, surviving mutants).
+# MUTATE_ARGS passes options through, e.g. make mutate MUTATE_ARGS="losses metrics --max-children 1".
+mutate: $(STAMP)
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
 
 # The synthetic world: retrain the shipped tiny CLIP (about 20 minutes on two CPU cores), run the ablation.
 pretrain: $(STAMP)
