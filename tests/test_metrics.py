@@ -1,6 +1,8 @@
 """Tests for capnet.metrics, checked against independent computations (hand formulas and sklearn)."""
 
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -257,3 +259,69 @@ def test_f1_value_errors():
         f1_at_threshold(np.array([[np.nan, 0.1]]), np.array([[1, 0]]))
     with pytest.raises(ValueError):
         f1_at_threshold(torch.full((2, 2), float("inf")), torch.zeros(2, 2))
+
+
+# ---------------------------------------------------------------- edges (found by mutation testing)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: lt_map(np.zeros(4), np.zeros(4), [1]), "scores must be 2-D (N x C), got shape (4,)"),
+        (lambda: f1_at_threshold(np.zeros(4), np.zeros(4)), "probs must be 2-D (N x C), got shape (4,)"),
+        (
+            lambda: lt_map(np.zeros((4, 3)), np.zeros((4, 2)), [1, 2, 3]),
+            "targets shape (4, 2) does not match scores shape (4, 3)",
+        ),
+        (
+            lambda: f1_at_threshold(np.zeros((4, 3)), np.zeros((4, 2))),
+            "targets shape (4, 2) does not match probs shape (4, 3)",
+        ),
+        (
+            lambda: lt_map(np.array([["a", "b"]]), np.zeros((1, 2)), [1, 2]),
+            "scores must be real numbers, got dtype <U1",
+        ),
+        (
+            lambda: f1_at_threshold(np.ones((1, 2), dtype=complex), np.zeros((1, 2))),
+            "probs must be real numbers, got dtype complex128",
+        ),
+        (lambda: lt_map(np.array([[0.1, np.nan]]), np.ones((1, 2)), [1, 2]), "scores contain NaN or inf"),
+        (lambda: f1_at_threshold(np.array([[np.inf, 0.1]]), np.ones((1, 2))), "probs contain NaN or inf"),
+        (
+            lambda: lt_map(np.zeros((2, 2)), np.array([[2, 0], [1, 0]]), [1, 2]),
+            "targets must contain only 0 and 1",
+        ),
+        (
+            lambda: lt_map(np.zeros((4, 3)), np.ones((4, 3)), [1, 2]),
+            "class_freq must have length 3 (one per class), got shape (2,)",
+        ),
+        (lambda: class_groups([[1, 2]]), "class_freq must be 1-D, got shape (1, 2)"),
+        (
+            lambda: class_groups([1, 2], head_min=10, tail_max=50),
+            "tail_max (50) must not exceed head_min (10)",
+        ),
+    ],
+)
+def test_errors_name_the_input_and_its_shape(call, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        call()
+
+
+def test_equal_thresholds_leave_no_medium_group():
+    assert class_groups([5, 20, 50], head_min=20, tail_max=20) == ["tail", "head", "head"]
+
+
+def test_f1_a_class_with_one_unpredicted_positive_counts_as_zero():
+    targets = np.array([[1, 1], [0, 1], [0, 0]])
+    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.3, 0.1]])  # class 0: one positive, never predicted
+    res = f1_at_threshold(probs, targets)
+    assert res["macro_f1"] == pytest.approx((0.0 + 1.0) / 2)
+    assert res["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+
+
+def test_f1_without_any_positive_or_prediction_warns_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's UndefinedMetricWarning would reach every report
+        res = f1_at_threshold(np.zeros((3, 2)), np.zeros((3, 2), dtype=int))
+        assert res["micro_f1"] == 0.0
+        f1_at_threshold(np.array([[0.9, 0.1]]), np.array([[0, 1]]))

@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = ROOT / ".mutate"
 OUT = ROOT / "mutation"
 EQUIVALENT = OUT / "equivalent.toml"
+README = ROOT / "README.md"
+README_START = "<!-- mutation: start (written by tools/mutate.py from mutation/*.json; do not edit) -->"
+README_END = "<!-- mutation: end -->"
 MUTMUT = Path(sys.executable).with_name("mutmut")
 LTSPLITS = Path(os.environ.get("CAPNET_LTSPLITS") or ROOT.parent / "shared" / "ltsplits")
 
@@ -177,6 +180,20 @@ def report(equivalent: dict[str, str]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def readme_block(equivalent: dict[str, str]) -> str:
+    """The README's summary: per module, mutants, behaviour-changing ones killed, and the score."""
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
+    lines = [README_START, "| module | mutants | equivalent | killed | score |", "|---|---|---|---|---|"]
+    for r in results:
+        s = score(r, equivalent)
+        counts = f"{r['mutants']} | {s['equivalent']} | {s['killed']}"
+        lines.append(f"| `{r['module']}` | {counts} | {100 * s['score']:.1f} % |")
+    missing = [f"`{m}`" for m in MODULES if m not in {r["module"] for r in results}]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(missing) + "."]
+    return "\n".join([*lines, README_END])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="modules to run (default: all), e.g. losses engine.state")
@@ -201,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             (OUT / f"{key}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     equivalent = load_equivalent()
     (OUT / "results.md").write_text(report(equivalent))
+    readme = README.read_text()
+    if README_START in readme and README_END in readme:
+        head, rest = readme.split(README_START, 1)
+        README.write_text(head + readme_block(equivalent) + rest.split(README_END, 1)[1])
     print((OUT / "results.md").read_text().split("\n## ")[0])
     return 0
 
