@@ -325,3 +325,31 @@ def test_f1_without_any_positive_or_prediction_warns_nothing():
         res = f1_at_threshold(np.zeros((3, 2)), np.zeros((3, 2), dtype=int))
         assert res["micro_f1"] == 0.0
         f1_at_threshold(np.array([[0.9, 0.1]]), np.array([[0, 1]]))
+
+
+def test_tensors_that_need_grad_or_half_precision_are_read():
+    scores, targets = _random_case(6)
+    freq = [150, 50, 5, 300, 20, 19, 100]
+    logits = torch.from_numpy(scores).float().requires_grad_(True)  # straight from a model
+    ref = lt_map(logits.detach().numpy(), targets, freq)
+    assert lt_map(logits, torch.from_numpy(targets), freq)["per_class"] == ref["per_class"]
+    half = logits.detach().bfloat16()  # read at fp32 or better: no ties from a lower precision
+    assert (
+        lt_map(half, targets, freq)["per_class"] == lt_map(half.float().numpy(), targets, freq)["per_class"]
+    )
+
+
+def test_lt_map_uses_its_own_group_thresholds():
+    scores, targets = _random_case(7, c=3)
+    res = lt_map(scores, targets, [50, 30, 10], head_min=40, tail_max=20)
+    assert res["groups"] == ["head", "medium", "tail"]
+    assert res["head"] == pytest.approx(res["per_class"][0])
+    assert res["tail"] == pytest.approx(res["per_class"][2])
+
+
+def test_an_empty_group_is_nan_without_a_warning():
+    scores, targets = _random_case(2, c=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would reach every report
+        res = lt_map(scores, targets, [300, 200, 40, 60])
+    assert math.isnan(res["tail"])
