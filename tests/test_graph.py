@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from capnet.graph import cooccurrence_graph, normalise, sparsify, text_graph
+from capnet.graph import LabelGraph, cooccurrence_graph, normalise, sparsify, text_graph
 
 # ----------------------------------------------------------------------------- references
 
@@ -351,3 +351,45 @@ def test_cooccurrence_graph_topk():
     np.testing.assert_allclose(graph.weights.double().numpy(), want, atol=1e-6)
     # explicit: max(P(1|0), P(0|1)) = 3/4 is class 0's strongest link
     assert graph.weights[0, 1].item() == pytest.approx(0.75)
+
+
+# ------------------------------------------------------------------- edges (found by mutation testing)
+
+
+def test_cooccurrence_graph_defaults_are_mlgcn_threshold_0_4_and_p_0_2():
+    names = ["c0", "c1", "c2", "c3", "never"]
+    graph = cooccurrence_graph(torch.tensor(LABELS), names)
+    cond = ref_conditional(LABELS)
+    want = ref_sparsify_threshold(np.maximum(cond, cond.T), 0.4)
+    np.testing.assert_allclose(graph.weights.double().numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(graph.adjacency.double().numpy(), ref_normalise(want, 0.2), atol=1e-6)
+    topk = cooccurrence_graph(torch.tensor(LABELS), names, mode="topk")  # k = 4 by default
+    want_topk = ref_sparsify_topk(np.maximum(cond, cond.T), 4)
+    np.testing.assert_allclose(topk.weights.double().numpy(), want_topk, atol=1e-6)
+
+
+def test_cooccurrence_graph_passes_p_on():
+    names = ["c0", "c1", "c2", "c3", "never"]
+    graph = cooccurrence_graph(torch.tensor(LABELS), names, threshold=0.3, p=0.5)
+    cond = ref_conditional(LABELS)
+    want = ref_sparsify_threshold(np.maximum(cond, cond.T), 0.3)
+    np.testing.assert_allclose(graph.adjacency.double().numpy(), ref_normalise(want, 0.5), atol=1e-6)
+
+
+def test_cooccurrence_of_a_class_seen_once():
+    labels = np.array([[1, 1, 0], [0, 1, 1], [0, 1, 0]])  # class 0 in one image, always with class 1
+    graph = cooccurrence_graph(torch.tensor(labels), ["a", "b", "c"], threshold=0.9)
+    cond = ref_conditional(labels)
+    assert cond[0, 1] == 1.0
+    np.testing.assert_allclose(
+        graph.weights.double().numpy(), ref_sparsify_threshold(np.maximum(cond, cond.T), 0.9)
+    )
+    assert graph.weights[0, 1].item() == 1.0
+
+
+def test_density_of_a_two_class_graph():
+    weights = torch.tensor([[0.0, 0.7], [0.7, 0.0]])
+    graph = LabelGraph(weights, normalise(weights), ["a", "b"])
+    assert graph.stats()["density"] == 1.0  # one edge of one possible
+    single = LabelGraph(torch.zeros(1, 1), normalise(torch.zeros(1, 1)), ["a"])
+    assert single.stats()["density"] == 0.0
