@@ -393,3 +393,25 @@ def test_density_of_a_two_class_graph():
     assert graph.stats()["density"] == 1.0  # one edge of one possible
     single = LabelGraph(torch.zeros(1, 1), normalise(torch.zeros(1, 1)), ["a"])
     assert single.stats()["density"] == 0.0
+
+
+def test_text_graph_defaults_are_top_4_and_threshold_0_8():
+    rng = np.random.default_rng(3)
+    feats = 1.0 + rng.normal(scale=0.5, size=(10, 6))  # positive cosines, spread around 0.8
+    sim = cosine(feats)
+    names = [f"c{i}" for i in range(10)]
+    graph = text_graph(torch.tensor(feats), names)
+    np.testing.assert_allclose(graph.weights.double().numpy(), ref_sparsify_topk(sim, 4), atol=1e-6)
+    np.testing.assert_allclose(
+        graph.adjacency.double().numpy(), ref_normalise(ref_sparsify_topk(sim, 4), 0.2), atol=1e-6
+    )
+    want = ref_sparsify_threshold(sim, 0.8)
+    assert 0 < (want > 0).sum() < 90  # the threshold keeps some pairs and drops others
+    by_threshold = text_graph(torch.tensor(feats), names, mode="threshold")
+    np.testing.assert_allclose(by_threshold.weights.double().numpy(), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [-0.01, 1.01])
+def test_normalise_bad_p_is_named(p):
+    with pytest.raises(ValueError, match=r"^p must be in \[0, 1\]$"):
+        normalise(torch.zeros(3, 3), p)
