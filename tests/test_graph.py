@@ -415,3 +415,38 @@ def test_text_graph_defaults_are_top_4_and_threshold_0_8():
 def test_normalise_bad_p_is_named(p):
     with pytest.raises(ValueError, match=r"^p must be in \[0, 1\]$"):
         normalise(torch.zeros(3, 3), p)
+
+
+def test_sparsify_defaults_are_top_4_and_threshold_0_8():
+    sim = torch.tensor(random_similarity(9, 4), dtype=torch.float32)
+    np.testing.assert_allclose(
+        sparsify(sim).double().numpy(), ref_sparsify_topk(sim.double().numpy(), 4), atol=1e-6
+    )
+    want = ref_sparsify_threshold(sim.double().numpy(), 0.8)
+    assert (want > 0).any()
+    np.testing.assert_allclose(sparsify(sim, mode="threshold").double().numpy(), want, atol=1e-6)
+
+
+def test_sparsify_topk_beyond_the_number_of_neighbours_keeps_them_all():
+    sim = torch.tensor([[1.0, 0.5, 0.25], [0.5, 1.0, 0.75], [0.25, 0.75, 1.0]])
+    want = torch.tensor([[0.0, 0.5, 0.25], [0.5, 0.0, 0.75], [0.25, 0.75, 0.0]])
+    torch.testing.assert_close(sparsify(sim, topk=5), want, atol=0, rtol=0)
+    torch.testing.assert_close(sparsify(sim, topk=2), want, atol=0, rtol=0)
+
+
+def test_sparsify_threshold_keeps_a_pair_at_the_threshold():
+    sim = torch.tensor([[1.0, 0.5, 0.25], [0.5, 1.0, 0.75], [0.25, 0.75, 1.0]])
+    kept = sparsify(sim, mode="threshold", threshold=0.5)
+    assert kept[0, 1].item() == 0.5 and kept[1, 2].item() == 0.75 and kept[0, 2].item() == 0.0
+
+
+def test_sparsify_errors_are_named():
+    with pytest.raises(ValueError, match=r"^topk must be >= 0$"):
+        sparsify(torch.eye(3), topk=-1)
+    with pytest.raises(ValueError, match=r"^unknown sparsify mode 'knn' \(topk or threshold\)$"):
+        sparsify(torch.eye(3), mode="knn")
+
+
+def test_normalise_default_p_is_0_2():
+    w = random_weights(6, 5)
+    np.testing.assert_allclose(normalise(torch.tensor(w)).double().numpy(), ref_normalise(w, 0.2), atol=1e-6)
