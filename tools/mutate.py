@@ -37,7 +37,7 @@ MODULES: dict[str, list[str]] = {
     "capnet/metrics.py": ["tests/test_metrics.py"],
     "capnet/graph.py": ["tests/test_graph.py"],
     "capnet/gcn.py": ["tests/test_gcn.py"],
-    "capnet/prompts.py": ["tests/test_prompts.py"],
+    "capnet/prompts.py": ["tests/test_prompts.py", "tests/test_class_sampling.py"],  # class_chunk, subsets
     "capnet/text.py": ["tests/test_model.py", "tests/test_tta.py"],
     "capnet/images.py": ["tests/test_images.py"],
     "capnet/checkpoint.py": ["tests/test_checkpoint.py"],
