@@ -450,3 +450,12 @@ def test_sparsify_errors_are_named():
 def test_normalise_default_p_is_0_2():
     w = random_weights(6, 5)
     np.testing.assert_allclose(normalise(torch.tensor(w)).double().numpy(), ref_normalise(w, 0.2), atol=1e-6)
+
+
+def test_cooccurrence_graph_default_k_is_4():
+    labels = (np.random.default_rng(8).random((40, 7)) < 0.5).astype(int)
+    cond = ref_conditional(labels)
+    graph = cooccurrence_graph(torch.tensor(labels), [f"c{i}" for i in range(7)], mode="topk")
+    want = ref_sparsify_topk(np.maximum(cond, cond.T), 4)
+    assert not np.allclose(want, ref_sparsify_topk(np.maximum(cond, cond.T), 5))
+    np.testing.assert_allclose(graph.weights.double().numpy(), want, atol=1e-6)
