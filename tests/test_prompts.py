@@ -6,6 +6,7 @@ import open_clip
 import pytest
 import torch
 
+import capnet.prompts as prompts_module
 from capnet.prompts import ClassPrompts
 from tests.common import ODD_NAMES, VOC_CLASSES
 
@@ -96,3 +97,26 @@ def test_too_long_class_name_is_named(tiny_backbone):
     long_name = " ".join(["word"] * 80)
     with pytest.raises(ValueError, match="too long.*word word"):
         ClassPrompts(b.model, b.tokenizer, ["cat", long_name], n_ctx=16)
+
+
+def test_chunks_are_checkpointed_only_when_the_contexts_train(tiny_backbone, monkeypatch):
+    """Checkpointing trades compute for memory under autograd; without gradients it is pure waste."""
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2, class_chunk=2)
+    calls = []
+
+    def counting(function, *args, **kwargs):
+        calls.append(len(args[0]))
+        return function(*args)
+
+    monkeypatch.setattr(prompts_module, "checkpoint", counting)
+    with_grad = prompts()
+    assert calls == [2, 2, 1]  # five classes, two at a time
+    calls.clear()
+    with torch.no_grad():
+        without = prompts()
+    prompts.ctx.requires_grad_(False)
+    frozen = prompts()
+    assert calls == []
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(frozen, with_grad.detach(), rtol=0, atol=0)
