@@ -120,3 +120,33 @@ def test_chunks_are_checkpointed_only_when_the_contexts_train(tiny_backbone, mon
     assert calls == []
     torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
     torch.testing.assert_close(frozen, with_grad.detach(), rtol=0, atol=0)
+
+
+def test_defaults_sixteen_contexts_drawn_with_std_0_02(tiny_backbone):
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, VOC_CLASSES)
+    assert prompts.n_ctx == 16 and prompts.ctx.shape[:2] == (20, 16)
+    assert float(prompts.ctx.detach().std()) == pytest.approx(0.02, rel=0.1)
+
+
+def test_one_context_token_and_chunks_of_one_class_are_allowed(tiny_backbone):
+    b = tiny_backbone()
+    assert ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=1).ctx.shape[1] == 1
+    torch.manual_seed(0)
+    whole = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2)
+    torch.manual_seed(0)
+    single = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2, class_chunk=1)
+    with torch.no_grad():
+        torch.testing.assert_close(single(), whole(), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^a prompt needs at least one context token$"):
+        ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=0)
+
+
+def test_the_name_follows_the_contexts_directly(tiny_backbone):
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ["person"], n_ctx=3)
+    name_tokens = b.tokenizer(["person."])[0]
+    k = int((name_tokens != 0).sum()) - 1  # "person." and the end token, without the start token
+    with torch.no_grad():
+        want = b.model.token_embedding(name_tokens[1 : 1 + k])
+    torch.testing.assert_close(prompts.suffix[0, :k], want, rtol=0, atol=0)
