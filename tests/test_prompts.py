@@ -150,3 +150,11 @@ def test_the_name_follows_the_contexts_directly(tiny_backbone):
     with torch.no_grad():
         want = b.model.token_embedding(name_tokens[1 : 1 + k])
     torch.testing.assert_close(prompts.suffix[0, :k], want, rtol=0, atol=0)
+
+
+def test_only_the_contexts_are_saved(tiny_backbone):
+    """prefix, suffix and end-of-text positions are rebuilt from the names: a checkpoint holds ctx only."""
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2)
+    assert set(prompts.state_dict()) == {"ctx"}
+    assert {name for name, _ in prompts.named_buffers()} == {"prefix", "suffix", "eot"}
