@@ -158,3 +158,15 @@ def test_only_the_contexts_are_saved(tiny_backbone):
     prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2)
     assert set(prompts.state_dict()) == {"ctx"}
     assert {name for name, _ in prompts.named_buffers()} == {"prefix", "suffix", "eot"}
+
+
+def test_a_prompt_that_just_fits_is_accepted_and_one_token_more_is_refused(tiny_backbone):
+    b = tiny_backbone()
+    length = b.tokenizer(["x"]).shape[1]
+    eot_index = {
+        k: int((b.tokenizer([f"X {' '.join(['cat'] * k)}."])[0] != 0).sum()) - 1 for k in range(1, length)
+    }
+    fits = max(k for k, i in eot_index.items() if i <= length - 2)  # the end token lands before the last slot
+    ClassPrompts(b.model, b.tokenizer, [" ".join(["cat"] * fits)], n_ctx=1)
+    with pytest.raises(ValueError, match="too long"):
+        ClassPrompts(b.model, b.tokenizer, [" ".join(["cat"] * (fits + 1))], n_ctx=1)
