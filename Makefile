@@ -6,7 +6,7 @@ STAMP := $(VENV)/.capnet-installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install test lint app bench soak pretrain ablation reproduce clean
+.PHONY: help install test lint app bench mutate soak pretrain ablation reproduce clean
 
 help:
 	@echo "make targets (each sets up .venv first when needed):"
@@ -15,6 +15,7 @@ help:
 	@echo "  lint      ruff check and format check"
 	@echo "  app       start the Gradio app on http://localhost:7860"
 	@echo "  bench     benchmarks against bare open_clip (BENCH_ARGS passes options)"
+	@echo "  mutate    mutation testing of the core modules (slow; MUTATE_ARGS passes options)"
 	@echo "  soak      the app under load on localhost: peak and idle memory (SOAK_ARGS passes options)"
 	@echo "  pretrain  retrain the tiny CLIP into runs/pretrain/ (PRETRAIN_OUT=checkpoints/capnet-synth.safetensors"
 	@echo "            replaces the shipped file that the tests guard)"
@@ -47,10 +48,18 @@ test: $(STAMP) $(CHROMIUM) lint
 app: $(STAMP)
 	$(PY) app.py
 
-# Benchmarks against bare open_clip (random ViT-B/16 and RN50 weights): writes benchmarks/results.md.
-# BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--threads 1" on a shared machine.
+# Benchmarks against bare open_clip (random ViT-B/16 and RN50 weights): writes benchmarks/results.md and
+# .json, then the README's table from the JSON. BENCH_ARGS passes options through, e.g.
+# make bench BENCH_ARGS="--threads 1" on a shared machine.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+	$(PY) tools/readme_figures.py
+
+# Mutation testing (mutmut) of the core modules, each against its own tests: slow, so not part of `make test`;
+# run it before a release. Writes mutation/<module>.json and mutation/results.md (score, surviving mutants).
+# MUTATE_ARGS passes options through, e.g. make mutate MUTATE_ARGS="losses metrics --max-children 1".
+mutate: $(STAMP)
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
 
 # The app under load on localhost (not part of `make test`): 20 rounds of 8 concurrent 16-image requests at
 # the 40-megapixel limit; prints peak and idle RSS. SOAK_ARGS passes options, e.g. "--rounds 5 --format png".

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from capnet.backbone import load_backbone
-from tests.common import LTSPLITS
+from tests.common import official_file
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -32,7 +32,5 @@ def tiny_backbone():
 
 @pytest.fixture
 def lt_summary():
-    path = LTSPLITS / "lt_summary.json"
-    if not path.is_file():
-        pytest.skip(f"official split files not available at {LTSPLITS}")
-    return json.loads(path.read_text())
+    """The official splits' summary (group lists and training class counts of VOC-LT and COCO-LT)."""
+    return json.loads(official_file("lt_summary.json").read_text())

@@ -1,14 +1,13 @@
 """End-to-end tests of the app in real headless Chromium (Debian's chromium driven by Playwright).
 
 They start `python app.py` on the tiny model, use every tab as a person would, send each bad input, and
-keep a screenshot of each tab in test-artifacts/. Under CI=true they never skip.
+keep a screenshot of each tab in test-artifacts/. Under CI (CI=1, true, yes or on) they never skip.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import urllib.request
 import zipfile
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 
 from capnet.checkpoint import read_metadata
-from tests.common import VOC_CLASSES
+from tests.common import VOC_CLASSES, in_ci
 from tests.serve_app import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +31,8 @@ except ImportError:  # pragma: no cover - decided below
 
 if sync_playwright is None or not Path(CHROMIUM).exists():
     reason = "Playwright or Debian's chromium is not installed (make test installs both)"
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"browser tests must run in CI: {reason}")
+    if in_ci():
+        pytest.fail(f"browser tests must run in CI: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
 
 

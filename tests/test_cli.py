@@ -21,7 +21,7 @@ from capnet.data import read_voc
 from capnet.data.longtail import build_longtail
 from capnet.model import CapNet
 from capnet.world.squares import write_voc
-from tests.common import LTSPLITS
+from tests.common import official_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,9 +135,7 @@ def test_build_lt_on_a_voc_tree(tmp_path, capsys):
 
 def test_official_voc_lt_ids_select_the_training_set(tmp_path):
     """The official id list applied to a VOC pool (a tree holding exactly those ids) gives 1,142 images."""
-    id_file = LTSPLITS / "voc-lt" / "img_id.txt"
-    if not id_file.is_file():
-        pytest.skip(f"official split files not available at {LTSPLITS}")
+    id_file = official_file("voc-lt", "img_id.txt")
     ids = id_file.read_text().split()
     base = tmp_path / "VOCdevkit" / "VOC2012"
     (base / "ImageSets" / "Main").mkdir(parents=True)

@@ -20,7 +20,7 @@ from capnet.data import (
     read_voc,
 )
 from capnet.labelsets import COCO
-from tests.common import LTSPLITS, VOC_CLASSES
+from tests.common import VOC_CLASSES, official_file
 
 
 def _onehot(num_classes: int, *rows: list[int]) -> np.ndarray:
@@ -308,49 +308,42 @@ def test_read_id_list_and_class_names(tmp_path):
 # --------------------------------------------------------------------------- the official split files
 
 
-def _official(*parts: str):
-    path = LTSPLITS.joinpath(*parts)
-    if not path.is_file():
-        pytest.skip(f"official split files not available at {LTSPLITS}")
-    return path
-
-
 def _pickle(path):
     with open(path, "rb") as handle:  # trusted shared test file; the library itself never unpickles
         return pickle.load(handle)
 
 
 def test_official_voc_lt_lists_match_class_freq(tmp_path):
-    names = read_class_names(_official("voc-lt", "voc_labels.txt"))
+    names = read_class_names(official_file("voc-lt", "voc_labels.txt"))
     assert names == VOC_CLASSES  # one line of the file ends with a space
     nowhere = tmp_path / "no-images-here"
-    train = read_list_file(_official("voc-lt", "voc_lt_train.txt"), nowhere, names)
-    ids = read_id_list(_official("voc-lt", "img_id.txt"))
+    train = read_list_file(official_file("voc-lt", "voc_lt_train.txt"), nowhere, names)
+    ids = read_id_list(official_file("voc-lt", "img_id.txt"))
     assert len(ids) == 1142 and train.image_ids == ids  # same order
     assert train.paths[0] == nowhere / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{ids[0]}.jpg"
-    stats = _pickle(_official("voc-lt", "class_freq.pkl"))
+    stats = _pickle(official_file("voc-lt", "class_freq.pkl"))
     np.testing.assert_array_equal(train.labels, np.stack(stats["gt_labels"]))
     np.testing.assert_array_equal(train.class_freq, np.asarray(stats["class_freq"]))
-    test = read_list_file(_official("voc-lt", "voc_lt_test.txt"), nowhere, names)
+    test = read_list_file(official_file("voc-lt", "voc_lt_test.txt"), nowhere, names)
     assert len(test) == 4952 and test.labels.sum(axis=1).min() >= 1
     assert not nowhere.exists()
 
 
 def test_official_coco_lt_lists_match_class_freq(tmp_path):
-    names = read_class_names(_official("coco-lt", "coco_labels.txt"))
+    names = read_class_names(official_file("coco-lt", "coco_labels.txt"))
     assert names == list(COCO) and "traffic light" in names
     nowhere = tmp_path / "no-images-here"
-    train = read_list_file(_official("coco-lt", "coco_lt_train.txt"), nowhere, names)
-    ids = read_id_list(_official("coco-lt", "img_id.pkl"))  # a text file despite its name
+    train = read_list_file(official_file("coco-lt", "coco_lt_train.txt"), nowhere, names)
+    ids = read_id_list(official_file("coco-lt", "img_id.pkl"))  # a text file despite its name
     assert len(ids) == 1909 and len(train) == 1909
     assert train.image_ids != ids  # zero-padded stems in another order: match by integer id
     row_of = {int(stem): r for r, stem in enumerate(train.image_ids)}
     assert sorted(row_of) == sorted(int(i) for i in ids)
-    stats = _pickle(_official("coco-lt", "class_freq.pkl"))
+    stats = _pickle(official_file("coco-lt", "class_freq.pkl"))
     reordered = train.labels[[row_of[int(i)] for i in ids]]
     np.testing.assert_array_equal(reordered, np.stack(stats["gt_labels"]))
     np.testing.assert_array_equal(train.class_freq, np.asarray(stats["class_freq"]))
-    test = read_list_file(_official("coco-lt", "coco_lt_test.txt"), nowhere, names)
+    test = read_list_file(official_file("coco-lt", "coco_lt_test.txt"), nowhere, names)
     assert len(test) == 5000 and int((test.labels.sum(axis=1) == 0).sum()) == 48
     assert not nowhere.exists()
 

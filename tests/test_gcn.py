@@ -128,8 +128,16 @@ def test_gcn_casts_adjacency_dtype():
 
 @pytest.mark.parametrize("layers", [0, -1])
 def test_gcn_needs_a_layer(layers):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^the GCN needs at least one layer$"):
         ResidualGCN(4, layers=layers)
+
+
+def test_default_gcn_is_three_bias_free_convolutions():
+    """The method's GCN: three graph convolutions (A X W, no bias) with LeakyReLU(0.2) between them."""
+    gcn = ResidualGCN(6)
+    assert len(gcn.layers) == 3 and gcn.act.negative_slope == 0.2
+    assert all(layer.linear.bias is None for layer in gcn.layers)
+    assert [tuple(layer.linear.weight.shape) for layer in gcn.layers] == [(6, 6)] * 3
 
 
 # ----------------------------------------------------------------------------- CapNet before training

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from capnet.graph import cooccurrence_graph, normalise, sparsify, text_graph
+from capnet.graph import LabelGraph, cooccurrence_graph, normalise, sparsify, text_graph
 
 # ----------------------------------------------------------------------------- references
 
@@ -373,3 +373,111 @@ def test_without_edges_renormalises_like_the_loop_reference(p):
     everything = [(a, b) for a in range(8) for b in graph.neighbours(a)]
     np.testing.assert_allclose(graph.without_edges(everything).adjacency.numpy(), np.eye(8), atol=0)
     assert graph.neighbours(7) == []  # the loner
+
+
+# ------------------------------------------------------------------- edges (found by mutation testing)
+
+
+def test_cooccurrence_graph_defaults_are_mlgcn_threshold_0_4_and_p_0_2():
+    names = ["c0", "c1", "c2", "c3", "never"]
+    graph = cooccurrence_graph(torch.tensor(LABELS), names)
+    cond = ref_conditional(LABELS)
+    want = ref_sparsify_threshold(np.maximum(cond, cond.T), 0.4)
+    np.testing.assert_allclose(graph.weights.double().numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(graph.adjacency.double().numpy(), ref_normalise(want, 0.2), atol=1e-6)
+    topk = cooccurrence_graph(torch.tensor(LABELS), names, mode="topk")  # k = 4 by default
+    want_topk = ref_sparsify_topk(np.maximum(cond, cond.T), 4)
+    np.testing.assert_allclose(topk.weights.double().numpy(), want_topk, atol=1e-6)
+
+
+def test_cooccurrence_graph_passes_p_on():
+    names = ["c0", "c1", "c2", "c3", "never"]
+    graph = cooccurrence_graph(torch.tensor(LABELS), names, threshold=0.3, p=0.5)
+    cond = ref_conditional(LABELS)
+    want = ref_sparsify_threshold(np.maximum(cond, cond.T), 0.3)
+    np.testing.assert_allclose(graph.adjacency.double().numpy(), ref_normalise(want, 0.5), atol=1e-6)
+
+
+def test_cooccurrence_of_a_class_seen_once():
+    labels = np.array([[1, 1, 0], [0, 1, 1], [0, 1, 0]])  # class 0 in one image, always with class 1
+    graph = cooccurrence_graph(torch.tensor(labels), ["a", "b", "c"], threshold=0.9)
+    cond = ref_conditional(labels)
+    assert cond[0, 1] == 1.0
+    np.testing.assert_allclose(
+        graph.weights.double().numpy(), ref_sparsify_threshold(np.maximum(cond, cond.T), 0.9)
+    )
+    assert graph.weights[0, 1].item() == 1.0
+
+
+def test_density_of_a_two_class_graph():
+    weights = torch.tensor([[0.0, 0.7], [0.7, 0.0]])
+    graph = LabelGraph(weights, normalise(weights), ["a", "b"])
+    assert graph.stats()["density"] == 1.0  # one edge of one possible
+    single = LabelGraph(torch.zeros(1, 1), normalise(torch.zeros(1, 1)), ["a"])
+    assert single.stats()["density"] == 0.0
+
+
+def test_text_graph_defaults_are_top_4_and_threshold_0_8():
+    rng = np.random.default_rng(3)
+    feats = 1.0 + rng.normal(scale=0.5, size=(10, 6))  # positive cosines, spread around 0.8
+    sim = cosine(feats)
+    names = [f"c{i}" for i in range(10)]
+    graph = text_graph(torch.tensor(feats), names)
+    np.testing.assert_allclose(graph.weights.double().numpy(), ref_sparsify_topk(sim, 4), atol=1e-6)
+    np.testing.assert_allclose(
+        graph.adjacency.double().numpy(), ref_normalise(ref_sparsify_topk(sim, 4), 0.2), atol=1e-6
+    )
+    want = ref_sparsify_threshold(sim, 0.8)
+    assert 0 < (want > 0).sum() < 90  # the threshold keeps some pairs and drops others
+    by_threshold = text_graph(torch.tensor(feats), names, mode="threshold")
+    np.testing.assert_allclose(by_threshold.weights.double().numpy(), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [-0.01, 1.01])
+def test_normalise_bad_p_is_named(p):
+    with pytest.raises(ValueError, match=r"^p must be in \[0, 1\]$"):
+        normalise(torch.zeros(3, 3), p)
+
+
+def test_sparsify_defaults_are_top_4_and_threshold_0_8():
+    sim = torch.tensor(random_similarity(9, 4), dtype=torch.float32)
+    np.testing.assert_allclose(
+        sparsify(sim).double().numpy(), ref_sparsify_topk(sim.double().numpy(), 4), atol=1e-6
+    )
+    want = ref_sparsify_threshold(sim.double().numpy(), 0.8)
+    assert (want > 0).any()
+    np.testing.assert_allclose(sparsify(sim, mode="threshold").double().numpy(), want, atol=1e-6)
+
+
+def test_sparsify_topk_beyond_the_number_of_neighbours_keeps_them_all():
+    sim = torch.tensor([[1.0, 0.5, 0.25], [0.5, 1.0, 0.75], [0.25, 0.75, 1.0]])
+    want = torch.tensor([[0.0, 0.5, 0.25], [0.5, 0.0, 0.75], [0.25, 0.75, 0.0]])
+    torch.testing.assert_close(sparsify(sim, topk=5), want, atol=0, rtol=0)
+    torch.testing.assert_close(sparsify(sim, topk=2), want, atol=0, rtol=0)
+
+
+def test_sparsify_threshold_keeps_a_pair_at_the_threshold():
+    sim = torch.tensor([[1.0, 0.5, 0.25], [0.5, 1.0, 0.75], [0.25, 0.75, 1.0]])
+    kept = sparsify(sim, mode="threshold", threshold=0.5)
+    assert kept[0, 1].item() == 0.5 and kept[1, 2].item() == 0.75 and kept[0, 2].item() == 0.0
+
+
+def test_sparsify_errors_are_named():
+    with pytest.raises(ValueError, match=r"^topk must be >= 0$"):
+        sparsify(torch.eye(3), topk=-1)
+    with pytest.raises(ValueError, match=r"^unknown sparsify mode 'knn' \(topk or threshold\)$"):
+        sparsify(torch.eye(3), mode="knn")
+
+
+def test_normalise_default_p_is_0_2():
+    w = random_weights(6, 5)
+    np.testing.assert_allclose(normalise(torch.tensor(w)).double().numpy(), ref_normalise(w, 0.2), atol=1e-6)
+
+
+def test_cooccurrence_graph_default_k_is_4():
+    labels = (np.random.default_rng(8).random((40, 7)) < 0.5).astype(int)
+    cond = ref_conditional(labels)
+    graph = cooccurrence_graph(torch.tensor(labels), [f"c{i}" for i in range(7)], mode="topk")
+    want = ref_sparsify_topk(np.maximum(cond, cond.T), 4)
+    assert not np.allclose(want, ref_sparsify_topk(np.maximum(cond, cond.T), 5))
+    np.testing.assert_allclose(graph.weights.double().numpy(), want, atol=1e-6)

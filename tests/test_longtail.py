@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from capnet.data.longtail import (
     build_longtail,
@@ -14,10 +15,10 @@ from capnet.data.longtail import (
     pareto_reference_counts,
 )
 from capnet.metrics import class_groups
-from tests.common import LTSPLITS, VOC_CLASSES
+from tests.common import VOC_CLASSES, official_file
 
-POOL = LTSPLITS / "voc2012-pool" / "terse_gt_2012.pkl"
-OFFICIAL = LTSPLITS / "voc-lt" / "class_freq.pkl"
+POOL = ("voc2012-pool", "terse_gt_2012.pkl")
+OFFICIAL = ("voc-lt", "class_freq.pkl")
 OFFICIAL_SIZE = 1142
 
 
@@ -179,11 +180,9 @@ def test_summary_is_json_serialisable_and_consistent():
 
 @pytest.fixture(scope="module")
 def voc_real():
-    if not (POOL.is_file() and OFFICIAL.is_file()):
-        pytest.skip(f"shared long-tail split files not found under {LTSPLITS}")
-    with open(POOL, "rb") as f:  # trusted shared file (tests only; library code never unpickles)
+    with open(official_file(*POOL), "rb") as f:  # trusted shared file (tests only; library never unpickles)
         pool = pickle.load(f)
-    with open(OFFICIAL, "rb") as f:
+    with open(official_file(*OFFICIAL), "rb") as f:
         official = pickle.load(f)
     labels = np.asarray(pool["gt_labels"], dtype=np.int64)
     idx = build_longtail(labels, 800, min_per_class=1, pareto_shape=6.0, seed=0)
@@ -209,12 +208,7 @@ def voc_real():
 
 def test_voc_rebuild_matches_official_counts(voc_real):
     assert voc_real["spearman"] >= 0.98
-    try:
-        from scipy.stats import spearmanr
-    except ImportError:
-        pass
-    else:
-        assert spearmanr(voc_real["counts"], voc_real["official"])[0] == pytest.approx(voc_real["spearman"])
+    assert spearmanr(voc_real["counts"], voc_real["official"])[0] == pytest.approx(voc_real["spearman"])
 
 
 def test_voc_rebuild_size(voc_real):

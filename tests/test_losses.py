@@ -296,7 +296,93 @@ def test_build_loss_names_and_options():
 def test_build_loss_errors():
     with pytest.raises(ValueError, match="dbfocal"):
         build_loss("nope")
-    with pytest.raises(ValueError, match="class counts"):
+    with pytest.raises(
+        ValueError, match=r"^loss 'dbfocal' needs the training class counts: pass class_freq and num_train$"
+    ):
         build_loss("dbfocal")
     with pytest.raises(ValueError, match="class counts"):
         build_loss("dbfocal", class_freq=[1, 2])
+
+
+# ------------------------------------------------------------------- edges (found by mutation testing)
+
+
+def test_dbfocal_buffers_are_float32_and_hold_the_documented_quantities():
+    counts, n_train = [0, 4, 9, 10], 10  # clamped to [1, N - 1]
+    module = DBFocalLoss(counts, n_train, init_bias=0.05, neg_scale=5.0, class_weight_power=0.5)
+    n = np.array([1.0, 4.0, 9.0, 9.0])
+    assert {b.dtype for b in module.buffers()} == {torch.float32}  # .to(device) works on any backend
+    np.testing.assert_allclose(module.inv_freq.numpy(), 1.0 / n, rtol=1e-7)
+    np.testing.assert_allclose(module.neg_bias.numpy(), -0.05 * np.log(10 / n - 1.0) / 5.0, rtol=1e-6)
+    q = n**-0.5
+    np.testing.assert_allclose(module.class_weight.numpy(), q / q.mean(), rtol=1e-6)
+
+
+def test_dbfocal_accepts_a_tensor_of_counts_and_a_single_class():
+    logits, targets, counts, n_train = _case(3)
+    as_list = DBFocalLoss(counts.tolist(), n_train)
+    as_tensor = DBFocalLoss(torch.tensor(counts), n_train)
+    assert _loss(as_tensor, logits, targets) == _loss(as_list, logits, targets)
+    one = DBFocalLoss([3], 2 + 3)
+    expected = ref_dbfocal(logits[:, :1], targets[:, :1], [3], 5)
+    assert _loss(one, logits[:, :1], targets[:, :1]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_dbfocal_bounds_of_num_train_and_neg_scale():
+    DBFocalLoss([1, 1], 2)  # the smallest training set: two images
+    with pytest.raises(ValueError, match="num_train must be at least 2, got 1"):
+        DBFocalLoss([1, 1], 1)
+    assert DBFocalLoss([1, 1], 2, neg_scale=0.5).neg_scale == 0.5  # positive but below one is fine
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"neg_scale must be positive, got {bad}"):
+            DBFocalLoss([1, 1], 2, neg_scale=bad)
+
+
+@pytest.mark.parametrize(
+    ("counts", "n_train", "match"),
+    [
+        ([[1, 2], [3, 4]], 10, r"non-empty 1-D sequence, got shape \(2, 2\)"),
+        ([], 10, r"non-empty 1-D sequence, got shape \(0,\)"),
+        ([5, 11], 10, r"class_freq entries must lie in \[0, num_train=10\]"),
+    ],
+)
+def test_dbfocal_bad_counts_are_named(counts, n_train, match):
+    with pytest.raises(ValueError, match=match):
+        DBFocalLoss(counts, n_train)
+
+
+def test_dbfocal_wrong_logits_and_target_shapes_are_named():
+    module = DBFocalLoss([2, 3, 4], 10)
+    with pytest.raises(ValueError, match=r"logits must be \(B, 3\) to match class_freq, got \(2, 2\)"):
+        module(torch.zeros(2, 2), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"targets shape \(3, 3\) does not match logits \(2, 3\)"):
+        module(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+def test_dbfocal_repr_names_its_settings():
+    text = repr(DBFocalLoss([2, 3], 10, mu=0.2, neg_scale=2.0, class_weight_power=0.5))
+    for part in ("num_classes=2", "num_train=10", "mu=0.2", "neg_scale=2.0", "class_weight_power=0.5"):
+        assert part in text
+
+
+def test_focal_defaults_and_alpha_bounds():
+    logits, targets, *_ = _case(11)
+    assert _loss(FocalLoss(), logits, targets) == pytest.approx(ref_focal(logits, targets, 2.0), rel=1e-9)
+    for alpha in (0.0, 1.0):  # both ends are valid weights
+        got = _loss(FocalLoss(alpha=alpha), logits, targets)
+        assert got == pytest.approx(ref_focal(logits, targets, 2.0, alpha), rel=1e-9)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"alpha must lie in \[0, 1\] or be None, got {bad}"):
+            FocalLoss(alpha=bad)
+
+
+def test_asl_without_clip_is_no_shift():
+    logits, targets, *_ = _case(12, scale=5.0)
+    got = _loss(AsymmetricLoss(clip=None), logits, targets)
+    assert got == pytest.approx(ref_asl(logits, targets, clip=0.0), rel=1e-9)
+    assert AsymmetricLoss(clip=None).clip == 0.0
+
+
+def test_build_loss_lists_the_valid_names():
+    with pytest.raises(ValueError, match="unknown loss 'nope'; valid names: dbfocal, bce, focal, asl"):
+        build_loss("nope")

@@ -1,8 +1,8 @@
 """Tests for capnet.metrics, checked against independent computations (hand formulas and sklearn)."""
 
-import json
 import math
-from pathlib import Path
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -10,8 +10,6 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score
 
 from capnet.metrics import GROUPS, HEAD_MIN, TAIL_MAX, class_groups, f1_at_threshold, lt_map
-
-LT_SUMMARY = Path(__file__).resolve().parents[2] / "shared" / "ltsplits" / "lt_summary.json"
 
 
 def _ap_by_formula(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -182,13 +180,8 @@ def test_softmax_across_classes_changes_map():
     ("key", "sizes"),
     [("voc_lt", {"head": 6, "medium": 6, "tail": 8}), ("coco_lt", {"head": 22, "medium": 33, "tail": 25})],
 )
-def test_real_lt_splits(key, sizes):
-    if not LT_SUMMARY.is_file():
-        pytest.skip(f"{LT_SUMMARY} not present (shared LT splits not prepared)")
-    info = json.loads(LT_SUMMARY.read_text())
-    if key not in info:
-        pytest.skip(f"{key} not in {LT_SUMMARY}")
-    info = info[key]
+def test_real_lt_splits(key, sizes, lt_summary):
+    info = lt_summary[key]
     freq = info["train_class_freq"]
     groups = class_groups(freq)
     for g, file_g in (("head", "head"), ("medium", "middle"), ("tail", "tail")):
@@ -266,3 +259,97 @@ def test_f1_value_errors():
         f1_at_threshold(np.array([[np.nan, 0.1]]), np.array([[1, 0]]))
     with pytest.raises(ValueError):
         f1_at_threshold(torch.full((2, 2), float("inf")), torch.zeros(2, 2))
+
+
+# ---------------------------------------------------------------- edges (found by mutation testing)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: lt_map(np.zeros(4), np.zeros(4), [1]), "scores must be 2-D (N x C), got shape (4,)"),
+        (lambda: f1_at_threshold(np.zeros(4), np.zeros(4)), "probs must be 2-D (N x C), got shape (4,)"),
+        (
+            lambda: lt_map(np.zeros((4, 3)), np.zeros((4, 2)), [1, 2, 3]),
+            "targets shape (4, 2) does not match scores shape (4, 3)",
+        ),
+        (
+            lambda: f1_at_threshold(np.zeros((4, 3)), np.zeros((4, 2))),
+            "targets shape (4, 2) does not match probs shape (4, 3)",
+        ),
+        (
+            lambda: lt_map(np.array([["a", "b"]]), np.zeros((1, 2)), [1, 2]),
+            "scores must be real numbers, got dtype <U1",
+        ),
+        (
+            lambda: f1_at_threshold(np.ones((1, 2), dtype=complex), np.zeros((1, 2))),
+            "probs must be real numbers, got dtype complex128",
+        ),
+        (lambda: lt_map(np.array([[0.1, np.nan]]), np.ones((1, 2)), [1, 2]), "scores contain NaN or inf"),
+        (lambda: f1_at_threshold(np.array([[np.inf, 0.1]]), np.ones((1, 2))), "probs contain NaN or inf"),
+        (
+            lambda: lt_map(np.zeros((2, 2)), np.array([[2, 0], [1, 0]]), [1, 2]),
+            "targets must contain only 0 and 1",
+        ),
+        (
+            lambda: lt_map(np.zeros((4, 3)), np.ones((4, 3)), [1, 2]),
+            "class_freq must have length 3 (one per class), got shape (2,)",
+        ),
+        (lambda: class_groups([[1, 2]]), "class_freq must be 1-D, got shape (1, 2)"),
+        (
+            lambda: class_groups([1, 2], head_min=10, tail_max=50),
+            "tail_max (50) must not exceed head_min (10)",
+        ),
+    ],
+)
+def test_errors_name_the_input_and_its_shape(call, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        call()
+
+
+def test_equal_thresholds_leave_no_medium_group():
+    assert class_groups([5, 20, 50], head_min=20, tail_max=20) == ["tail", "head", "head"]
+
+
+def test_f1_a_class_with_one_unpredicted_positive_counts_as_zero():
+    targets = np.array([[1, 1], [0, 1], [0, 0]])
+    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.3, 0.1]])  # class 0: one positive, never predicted
+    res = f1_at_threshold(probs, targets)
+    assert res["macro_f1"] == pytest.approx((0.0 + 1.0) / 2)
+    assert res["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+
+
+def test_f1_without_any_positive_or_prediction_warns_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's UndefinedMetricWarning would reach every report
+        res = f1_at_threshold(np.zeros((3, 2)), np.zeros((3, 2), dtype=int))
+        assert res["micro_f1"] == 0.0
+        f1_at_threshold(np.array([[0.9, 0.1]]), np.array([[0, 1]]))
+
+
+def test_tensors_that_need_grad_or_half_precision_are_read():
+    scores, targets = _random_case(6)
+    freq = [150, 50, 5, 300, 20, 19, 100]
+    logits = torch.from_numpy(scores).float().requires_grad_(True)  # straight from a model
+    ref = lt_map(logits.detach().numpy(), targets, freq)
+    assert lt_map(logits, torch.from_numpy(targets), freq)["per_class"] == ref["per_class"]
+    half = logits.detach().bfloat16()  # read at fp32 or better: no ties from a lower precision
+    assert (
+        lt_map(half, targets, freq)["per_class"] == lt_map(half.float().numpy(), targets, freq)["per_class"]
+    )
+
+
+def test_lt_map_uses_its_own_group_thresholds():
+    scores, targets = _random_case(7, c=3)
+    res = lt_map(scores, targets, [50, 18, 10], head_min=40, tail_max=15)  # 50 and 18: not by default
+    assert res["groups"] == ["head", "medium", "tail"]
+    assert res["head"] == pytest.approx(res["per_class"][0])
+    assert res["tail"] == pytest.approx(res["per_class"][2])
+
+
+def test_an_empty_group_is_nan_without_a_warning():
+    scores, targets = _random_case(2, c=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would reach every report
+        res = lt_map(scores, targets, [300, 200, 40, 60])
+    assert math.isnan(res["tail"])

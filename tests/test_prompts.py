@@ -6,6 +6,7 @@ import open_clip
 import pytest
 import torch
 
+import capnet.prompts as prompts_module
 from capnet.prompts import ClassPrompts
 from tests.common import ODD_NAMES, VOC_CLASSES
 
@@ -96,3 +97,76 @@ def test_too_long_class_name_is_named(tiny_backbone):
     long_name = " ".join(["word"] * 80)
     with pytest.raises(ValueError, match="too long.*word word"):
         ClassPrompts(b.model, b.tokenizer, ["cat", long_name], n_ctx=16)
+
+
+def test_chunks_are_checkpointed_only_when_the_contexts_train(tiny_backbone, monkeypatch):
+    """Checkpointing trades compute for memory under autograd; without gradients it is pure waste."""
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2, class_chunk=2)
+    calls = []
+
+    def counting(function, *args, **kwargs):
+        calls.append(len(args[0]))
+        return function(*args)
+
+    monkeypatch.setattr(prompts_module, "checkpoint", counting)
+    with_grad = prompts()
+    assert calls == [2, 2, 1]  # five classes, two at a time
+    calls.clear()
+    with torch.no_grad():
+        without = prompts()
+    prompts.ctx.requires_grad_(False)
+    frozen = prompts()
+    assert calls == []
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(frozen, with_grad.detach(), rtol=0, atol=0)
+
+
+def test_defaults_sixteen_contexts_drawn_with_std_0_02(tiny_backbone):
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, VOC_CLASSES)
+    assert prompts.n_ctx == 16 and prompts.ctx.shape[:2] == (20, 16)
+    assert float(prompts.ctx.detach().std()) == pytest.approx(0.02, rel=0.1)
+
+
+def test_one_context_token_and_chunks_of_one_class_are_allowed(tiny_backbone):
+    b = tiny_backbone()
+    assert ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=1).ctx.shape[1] == 1
+    torch.manual_seed(0)
+    whole = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2)
+    torch.manual_seed(0)
+    single = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2, class_chunk=1)
+    with torch.no_grad():
+        torch.testing.assert_close(single(), whole(), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^a prompt needs at least one context token$"):
+        ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=0)
+
+
+def test_the_name_follows_the_contexts_directly(tiny_backbone):
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ["person"], n_ctx=3)
+    name_tokens = b.tokenizer(["person."])[0]
+    k = int((name_tokens != 0).sum()) - 1  # "person." and the end token, without the start token
+    with torch.no_grad():
+        want = b.model.token_embedding(name_tokens[1 : 1 + k])
+    torch.testing.assert_close(prompts.suffix[0, :k], want, rtol=0, atol=0)
+
+
+def test_only_the_contexts_are_saved(tiny_backbone):
+    """prefix, suffix and end-of-text positions are rebuilt from the names: a checkpoint holds ctx only."""
+    b = tiny_backbone()
+    prompts = ClassPrompts(b.model, b.tokenizer, ODD_NAMES, n_ctx=2)
+    assert set(prompts.state_dict()) == {"ctx"}
+    assert {name for name, _ in prompts.named_buffers()} == {"prefix", "suffix", "eot"}
+
+
+def test_a_prompt_that_just_fits_is_accepted_and_one_token_more_is_refused(tiny_backbone):
+    b = tiny_backbone()
+    length = b.tokenizer(["x"]).shape[1]
+    eot_index = {
+        k: int((b.tokenizer([f"X {' '.join(['cat'] * k)}."])[0] != 0).sum()) - 1 for k in range(1, length)
+    }
+    fits = max(k for k, i in eot_index.items() if i <= length - 2)  # the end token lands before the last slot
+    ClassPrompts(b.model, b.tokenizer, [" ".join(["cat"] * fits)], n_ctx=1)
+    with pytest.raises(ValueError, match="too long"):
+        ClassPrompts(b.model, b.tokenizer, [" ".join(["cat"] * (fits + 1))], n_ctx=1)

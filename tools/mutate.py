@@ -1,0 +1,230 @@
+"""Mutation testing of capnet's core modules with mutmut (`make mutate`; slow, so not part of `make test`).
+
+Each module is mutated in its own scratch copy (.mutate/<module>/) whose pyproject names that module and
+only its own tests, which keeps a run tractable. Per module the outcome goes to mutation/<module>.json, and
+mutation/results.md is rebuilt from every JSON present: counts, the score, each surviving mutant's diff.
+Survivors that cannot change behaviour are listed with the reason in mutation/equivalent.toml; the score
+is killed / (mutants - equivalent), where timeouts count as killed (a test hung instead of passing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = ROOT / ".mutate"
+OUT = ROOT / "mutation"
+EQUIVALENT = OUT / "equivalent.toml"
+README = ROOT / "README.md"
+README_START = "<!-- mutation: start (written by tools/mutate.py from mutation/*.json; do not edit) -->"
+README_END = "<!-- mutation: end -->"
+MUTMUT = Path(sys.executable).with_name("mutmut")
+LTSPLITS = Path(os.environ.get("CAPNET_LTSPLITS") or ROOT.parent / "shared" / "ltsplits")
+
+# module -> the tests that exercise it (pytest arguments)
+MODULES: dict[str, list[str]] = {
+    "capnet/losses.py": ["tests/test_losses.py"],
+    "capnet/metrics.py": ["tests/test_metrics.py"],
+    "capnet/graph.py": ["tests/test_graph.py"],
+    "capnet/gcn.py": ["tests/test_gcn.py"],
+    "capnet/prompts.py": ["tests/test_prompts.py", "tests/test_class_sampling.py"],  # class_chunk, subsets
+    "capnet/text.py": ["tests/test_model.py", "tests/test_tta.py"],
+    "capnet/images.py": ["tests/test_images.py"],
+    "capnet/checkpoint.py": ["tests/test_checkpoint.py"],
+    "capnet/engine/state.py": ["tests/test_engine.py", "-k", "resume"],
+}
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+COPIED = ["capnet", "tests", "configs", "checkpoints"]
+
+
+def module_key(module: str) -> str:
+    return module.removeprefix("capnet/").removesuffix(".py").replace("/", ".")
+
+
+def prepare(module: str, tests: list[str]) -> Path:
+    """A fresh scratch project whose mutmut config names this module and its tests only."""
+    work = SCRATCH / module_key(module)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in COPIED:
+        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    config = {
+        "source_paths": ["capnet"],
+        "only_mutate": [module],
+        "also_copy": ["configs", "checkpoints"],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q"],
+        "pytest_add_cli_args_test_selection": tests,
+        # torch is not fork-safe once its thread pool has run: fork workers from a clean server.
+        "process_isolation": "forkserver",
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in config.items()]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (work / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n")
+    return work
+
+
+def mutmut(work: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    # The copied tests look for the official split files beside the scratch copy: point them at ours.
+    env = {**os.environ, "PYTHONPATH": str(work), "OMP_NUM_THREADS": "1", "CAPNET_LTSPLITS": str(LTSPLITS)}
+    return subprocess.run([str(MUTMUT), *args], cwd=work, env=env, text=True, **kwargs)
+
+
+def run_module(module: str, tests: list[str], max_children: int, recheck: dict | None = None) -> dict:
+    """All mutants of a fresh copy; or, with ``recheck`` (an earlier result), only its survivors, against
+    the current tests (mutmut finds the new tests and maps them to the functions they call)."""
+    work = SCRATCH / module_key(module)
+    if recheck is None:
+        work = prepare(module, tests)
+    else:
+        shutil.rmtree(work / "tests")
+        shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    names = list(recheck["survivors"]) if recheck else []
+    start = time.monotonic()
+    with (work / "mutmut-run.log").open("a" if recheck else "w") as log:
+        mutmut(
+            work,
+            "run",
+            "--max-children",
+            str(max_children),
+            *names,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+    seconds = recheck["seconds"] if recheck else time.monotonic() - start
+    listing = mutmut(work, "results", "--all", "true", capture_output=True, check=True).stdout
+    status = dict(re.findall(r"^\s*(\S+): (.+)$", listing, flags=re.M))
+    survivors = {}
+    for name, state in status.items():
+        if state not in KILLED:
+            shown = mutmut(work, "show", name, capture_output=True, check=True).stdout
+            survivors[name] = {"status": state, "diff": shown.split("\n", 1)[1].strip()}
+    return {
+        "module": module,
+        "tests": tests,
+        "seconds": round(seconds),
+        "mutants": len(status),
+        "counts": {s: list(status.values()).count(s) for s in sorted(set(status.values()))},
+        "survivors": survivors,
+    }
+
+
+def load_equivalent() -> dict[str, str]:
+    """Mutant name -> why it cannot change behaviour."""
+    if not EQUIVALENT.is_file():
+        return {}
+    data = tomllib.loads(EQUIVALENT.read_text())
+    return {name: reason for table in data.values() for name, reason in table.items()}
+
+
+def score(result: dict, equivalent: dict[str, str]) -> dict:
+    killed = sum(n for s, n in result["counts"].items() if s in KILLED)
+    equal = [n for n in result["survivors"] if n in equivalent]
+    live = [n for n in result["survivors"] if n not in equivalent]
+    relevant = result["mutants"] - len(equal)
+    return {
+        "killed": killed,
+        "equivalent": len(equal),
+        "live": live,
+        "score": killed / relevant if relevant else 1.0,
+    }
+
+
+def report(equivalent: dict[str, str]) -> str:
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
+    done = {r["module"] for r in results}
+    lines = [
+        "# Mutation testing",
+        "",
+        "Written by `make mutate` (`python tools/mutate.py`, mutmut); each module runs against its own",
+        "tests. Score = killed (timeouts included) / (mutants - equivalent survivors listed in",
+        "`equivalent.toml`).",
+        "",
+        "| module | tests | mutants | killed | timeout | survived | no tests | equivalent | score | min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    total_killed = total_relevant = 0
+    for r in results:
+        s = score(r, equivalent)
+        c = r["counts"]
+        total_killed += s["killed"]
+        total_relevant += r["mutants"] - s["equivalent"]
+        lines.append(
+            f"| {r['module']} | {' '.join(r['tests'])} | {r['mutants']} | {c.get('killed', 0)} | "
+            f"{c.get('timeout', 0)} | {c.get('survived', 0)} | {c.get('no tests', 0)} | {s['equivalent']} | "
+            f"{100 * s['score']:.1f} % | {r['seconds'] / 60:.0f} |"
+        )
+    if total_relevant:
+        lines.append(f"| all | | | | | | | | {100 * total_killed / total_relevant:.1f} % | |")
+    missing = [m for m in MODULES if m not in done]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in missing) + "."]
+    for title, keep in (("Surviving mutants", False), ("Equivalent survivors", True)):
+        lines += ["", f"## {title}", ""]
+        for r in results:
+            for name, info in r["survivors"].items():
+                if (name in equivalent) != keep:
+                    continue
+                reason = f" Equivalent: {equivalent[name]}" if keep else ""
+                lines += [f"`{name}` ({info['status']}).{reason}", "", "```diff", info["diff"], "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def readme_block(equivalent: dict[str, str]) -> str:
+    """The README's summary: per module, mutants, behaviour-changing ones killed, and the score."""
+    results = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
+    lines = [README_START, "| module | mutants | equivalent | killed | score |", "|---|---|---|---|---|"]
+    for r in results:
+        s = score(r, equivalent)
+        counts = f"{r['mutants']} | {s['equivalent']} | {s['killed']}"
+        lines.append(f"| `{r['module']}` | {counts} | {100 * s['score']:.1f} % |")
+    missing = [f"`{m}`" for m in MODULES if m not in {r["module"] for r in results}]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(missing) + "."]
+    return "\n".join([*lines, README_END])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="modules to run (default: all), e.g. losses engine.state")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--report-only", action="store_true", help="rebuild results.md from the JSON files")
+    parser.add_argument(
+        "--recheck", action="store_true", help="rerun only the recorded survivors against the current tests"
+    )
+    args = parser.parse_args(argv)
+    by_key = {module_key(m): m for m in MODULES}
+    unknown = [m for m in args.modules if m not in by_key]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; choose from {sorted(by_key)}")
+    OUT.mkdir(exist_ok=True)
+    if not args.report_only:
+        for key in args.modules or list(by_key):
+            module = by_key[key]
+            print(f"mutating {module} against {' '.join(MODULES[module])}", flush=True)
+            earlier = OUT / f"{key}.json"
+            recheck = json.loads(earlier.read_text()) if args.recheck and earlier.is_file() else None
+            result = run_module(module, MODULES[module], args.max_children, recheck)
+            (OUT / f"{key}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    equivalent = load_equivalent()
+    (OUT / "results.md").write_text(report(equivalent))
+    readme = README.read_text()
+    if README_START in readme and README_END in readme:
+        head, rest = readme.split(README_START, 1)
+        README.write_text(head + readme_block(equivalent) + rest.split(README_END, 1)[1])
+    print((OUT / "results.md").read_text().split("\n## ")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
