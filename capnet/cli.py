@@ -439,6 +439,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             if reason is None:
                 attribution = graph_attribution(model, features[0], c)
                 entry["graph"] = attribution.to_dict()
+                lines.append(
+                    f"    logit {attribution.logit_without_gcn:.3f} without the GCN, {attribution.logit:.3f} "
+                    "with it; largest edge effects:"
+                )
                 lines += [f"    {line}" for line in attribution.lines()[:3]]
             else:
                 entry["graph"] = {"unavailable": reason}

@@ -140,5 +140,7 @@ def test_a_trained_checkpoint_carries_the_graph_attribution(tmp_path, monkeypatc
     assert cli.main(base) == 0
     text = capsys.readouterr().out
     assert "because of `" in text and "no graph attribution" not in text
+    g = maps[0]["graph"]
+    assert f"logit {g['logit_without_gcn']:.3f} without the GCN, {g['logit']:.3f} with it" in text
     assert cli.main([*base, "--labels", "a,b"]) == 2
     one_line_error(capsys, "--labels")
