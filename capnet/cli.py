@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -215,6 +216,29 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from capnet.predict import format_rows, predict_files
 
+    model, calibration = _model_and_calibration(args)
+    rows = predict_files(
+        model,
+        args.paths,
+        threshold=args.threshold,
+        top=args.top,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        on_skip=lambda problem: print(f"capnet: skipped {problem}", file=sys.stderr),
+        calibration=calibration,
+    )
+    text = format_rows(rows, args.format, args.threshold)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def _model_and_calibration(args: argparse.Namespace):
+    """The model the flags name (a checkpoint, or zero-shot over --labels/--preset) and, for zero-shot,
+    its calibration (also applied to the model's biases); shared by predict and explain."""
     if args.checkpoint and (args.labels or args.preset):
         raise ValueError(
             "--labels and --preset choose classes for zero-shot, but a checkpoint brings its own: "
@@ -235,23 +259,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if model.zero_shot:
         calibration = _calibrate(model, args.calibrate_on, args.raw)
         print(f"capnet: {calibration.describe()}", file=sys.stderr)
-    rows = predict_files(
-        model,
-        args.paths,
-        threshold=args.threshold,
-        top=args.top,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        on_skip=lambda problem: print(f"capnet: skipped {problem}", file=sys.stderr),
-        calibration=calibration,
-    )
-    text = format_rows(rows, args.format, args.threshold)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-    else:
-        print(text)
-    return 0
+    return model, calibration
 
 
 def _zero_shot_model(args: argparse.Namespace):
@@ -294,21 +302,10 @@ def _calibrate(model, folder: str | None, raw: bool):
     return calibrate_zero_shot(model, feats)
 
 
-@command
-def add_predict(sub: argparse._SubParsersAction) -> None:
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """The flags that choose a model: a checkpoint, or zero-shot over named classes (predict, explain)."""
     from capnet.labelsets import PRESETS
 
-    p = subparser(
-        sub,
-        "predict",
-        "label image files or folders",
-        "Rank every class for each image, with a trained checkpoint or zero-shot over the classes you\n"
-        "name. The table shows each image's path as given and its top classes; a * marks those at or\n"
-        "above --threshold. Unreadable files are skipped with a note. Zero-shot probabilities are\n"
-        "calibrated on a fixed reference set (one line on stderr says which; see --calibrate-on, --raw).",
-        "capnet predict photos/ --checkpoint runs/mine/model.safetensors --top 3",
-    )
-    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
     p.add_argument("--checkpoint", help="a trained capnet checkpoint (without one: zero-shot)")
     p.add_argument("--labels", help="zero-shot: comma-separated class names, e.g. 'cat,dog'")
     p.add_argument("--preset", choices=sorted(PRESETS), help="zero-shot: a benchmark's label set")
@@ -325,11 +322,6 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     p.add_argument(
-        "--threshold", type=float, default=0.5, help="probability at which a class counts as present"
-    )
-    p.add_argument("--top", type=int, default=5, help="classes shown per image in the table")
-    p.add_argument("--tta", action="store_true", help="five-crop test-time ensembling")
-    p.add_argument(
         "--calibrate-on",
         metavar="DIR",
         help="zero-shot: calibrate on the images under DIR (default: the synthetic world's scenes for "
@@ -340,6 +332,27 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="zero-shot: no calibration; the sigmoid of the scaled cosine, not a probability",
     )
+
+
+@command
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "predict",
+        "label image files or folders",
+        "Rank every class for each image, with a trained checkpoint or zero-shot over the classes you\n"
+        "name. The table shows each image's path as given and its top classes; a * marks those at or\n"
+        "above --threshold. Unreadable files are skipped with a note. Zero-shot probabilities are\n"
+        "calibrated on a fixed reference set (one line on stderr says which; see --calibrate-on, --raw).",
+        "capnet predict photos/ --checkpoint runs/mine/model.safetensors --top 3",
+    )
+    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    _model_options(p)
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="probability at which a class counts as present"
+    )
+    p.add_argument("--top", type=int, default=5, help="classes shown per image in the table")
+    p.add_argument("--tta", action="store_true", help="five-crop test-time ensembling")
     p.add_argument(
         "--format",
         choices=["table", "csv", "json"],
@@ -350,6 +363,126 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     p.set_defaults(func=cmd_predict)
+
+
+# -------------------------------------------------------------------------------------------- explain
+MAX_EXPLAIN_CLASSES = 20
+
+
+def _safe_name(text: str) -> str:
+    """A file-name part from user text: letters, digits, '.', '-' and '_' only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
+
+
+def _explain_classes(model, names: list[str]) -> list[int]:
+    """--class names to indices; an unknown one is named with its close matches."""
+    import difflib
+
+    lookup = {n.lower(): i for i, n in enumerate(model.class_names)}
+    out = []
+    for name in names:
+        key = name.strip().lower()
+        if key not in lookup:
+            close = difflib.get_close_matches(key, list(lookup), n=3, cutoff=0.5)
+            hint = (
+                f"; did you mean {', '.join(repr(model.class_names[lookup[c]]) for c in close)}?"
+                if close
+                else ""
+            )
+            raise ValueError(f"--class '{name}' is not one of the model's {model.num_classes} classes{hint}")
+        if lookup[key] not in out:
+            out.append(lookup[key])
+    return out
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from capnet.explain import evidence_maps, graph_attribution, model_view, overlay, unavailable_reason
+    from capnet.explain.maps import MAX_OCCLUSION_GRID
+    from capnet.images import load_image
+    from capnet.predict import image_files
+
+    if not 1 <= args.grid <= MAX_OCCLUSION_GRID:
+        raise ValueError(f"--grid must lie in [1, {MAX_OCCLUSION_GRID}], got {args.grid}")
+    if not 1 <= args.top <= MAX_EXPLAIN_CLASSES:
+        raise ValueError(f"--top must lie in [1, {MAX_EXPLAIN_CLASSES}], got {args.top}")
+    if len(args.classes) > MAX_EXPLAIN_CLASSES:
+        raise ValueError(f"at most {MAX_EXPLAIN_CLASSES} --class per run, got {len(args.classes)}")
+    files = image_files(args.images)
+    model, _calibration = _model_and_calibration(args)
+    chosen = _explain_classes(model, args.classes) if args.classes else None
+    reason = unavailable_reason(model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    results, lines = [], []
+    for path in files:
+        image = load_image(path)
+        view, tensor = model_view(model, image)
+        with torch.no_grad():
+            logits = model.predict_logits(tensor.to(model.device))[0]
+            features = model.encode_image(tensor.to(model.device)) if reason is None else None
+        classes = chosen or torch.argsort(-logits.float().cpu(), stable=True)[: args.top].tolist()
+        _, maps = evidence_maps(model, image, classes, method=args.method, grid=args.grid)
+        for c, emap in zip(classes, maps):
+            stem = f"{_safe_name(path.stem)}__{_safe_name(emap.class_name)}"
+            name, n = f"{stem}.png", 1
+            while name in used:
+                n += 1
+                name = f"{stem}-{n}.png"
+            used.add(name)
+            title = f"{emap.class_name}  p={emap.probability:.3f}"
+            overlay(view, emap.grid, size=max(image.size), title=title).save(out / name)
+            entry = {"image": str(path), "png": str(out / name), **emap.to_dict()}
+            lines.append(f"{path}  {emap.class_name}: p={emap.probability:.3f}  -> {out / name}")
+            if reason is None:
+                attribution = graph_attribution(model, features[0], c)
+                entry["graph"] = attribution.to_dict()
+                lines.append(
+                    f"    logit {attribution.logit_without_gcn:.3f} without the GCN, {attribution.logit:.3f} "
+                    "with it; largest edge effects:"
+                )
+                lines += [f"    {line}" for line in attribution.lines()[:3]]
+            else:
+                entry["graph"] = {"unavailable": reason}
+            results.append(entry)
+    if reason is not None:
+        lines.append(f"no graph attribution: {reason}")
+    print(json.dumps(results, indent=1) if args.format == "json" else "\n".join(lines))
+    return 0
+
+
+@command
+def add_explain(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "explain",
+        "why a class was (not) predicted: evidence maps and label-graph attribution",
+        "For each image and class (default: the image's top --top classes) save an evidence map drawn\n"
+        "over the image with a colour bar as DIR/IMAGE__CLASS.png: where the model finds the class\n"
+        "('fast': each patch's cosine to the class feature; 'occlusion': the drop in its probability when\n"
+        "a cell is hidden). For a trained CAPNET model with a GCN it also says how much each label-graph\n"
+        "neighbour moved the class's logit. JSON gives each map's grid, probability and logit.",
+        "capnet explain photo.jpg --checkpoint runs/mine/model.safetensors --class horse --out maps",
+    )
+    p.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+    _model_options(p)
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"a class to explain (repeatable, at most {MAX_EXPLAIN_CLASSES}; default: each image's top "
+        "classes)",
+    )
+    p.add_argument("--top", type=int, default=3, help="classes explained per image when no --class is given")
+    p.add_argument("--out", required=True, help="folder for the PNG overlays")
+    p.add_argument("--method", choices=["fast", "occlusion"], default="fast", help="how the map is made")
+    p.add_argument("--grid", type=int, default=8, help="occlusion: cells per side (at most 32)")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output form")
+    p.set_defaults(func=cmd_explain)
 
 
 # ------------------------------------------------------------------------------------------- build-lt
