@@ -9,10 +9,11 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
+from app.archives import is_unsafe, open_bounded_zip
 from app.limits import (
     LR_MAX,
     LR_MIN,
@@ -20,8 +21,6 @@ from app.limits import (
     MAX_FT_IMAGES,
     MAX_LABELS,
     MAX_SECONDS,
-    MAX_ZIP_BYTES,
-    MAX_ZIP_FILES,
     MIN_FT_IMAGES,
 )
 from capnet.backbone import Backbone, load_backbone
@@ -109,19 +108,10 @@ class Job:
 
 def _safe_extract(archive: Path, dest: Path) -> None:
     """Refuse archives that are not zips, too large, too many files, or escape the folder."""
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError):
-        raise DataError(f"{archive.name} is not a valid zip archive") from None
+    zf, members = open_bounded_zip(archive, archive.name, DataError)
     with zf:
-        members = zf.infolist()
-        if len(members) > MAX_ZIP_FILES:
-            raise DataError(f"the zip holds {len(members)} files; at most {MAX_ZIP_FILES}")
-        if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
-            raise DataError(f"the zip unpacks to more than {MAX_ZIP_BYTES // 1_000_000} MB")
         for m in members:
-            name = PurePosixPath(m.filename)
-            if name.is_absolute() or ".." in name.parts:
+            if is_unsafe(m):
                 raise DataError(f"the zip holds an unsafe path: {m.filename}")
         try:
             zf.extractall(dest)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import stat
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from app.limits import MAX_REPORT_BYTES, MAX_ZIP_BYTES, MAX_ZIP_FILES
+from app.archives import is_unsafe, open_bounded_zip, relative_parts
+from app.limits import MAX_REPORT_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
@@ -18,17 +19,6 @@ ASSETS = ROOT / "assets"
 
 class ReportFileError(ValueError):
     """An uploaded report archive that is refused as a whole."""
-
-
-def relative_parts(raw: str) -> tuple[str, ...] | None:
-    """The parts of a safe relative path, or None for absolute paths, ``..``, drive letters and the empty."""
-    text = str(raw).strip().replace("\\", "/")
-    if not text or text.startswith("/") or ":" in text.split("/")[0]:
-        return None
-    parts = tuple(p for p in PurePosixPath(text).parts if p not in ("", "."))
-    if not parts or ".." in parts:
-        return None
-    return parts
 
 
 class AssetFiles:
@@ -88,31 +78,18 @@ class ZipFiles:
         return ZipFiles(self.members, prefix)
 
 
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
 def read_zip(path: Path, upload_name: str) -> ZipFiles:
     """An uploaded zip's regular files by their relative path; refuse unsafe or oversized archives."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError):
-        raise ReportFileError(f"{upload_name} is not a valid zip archive") from None
+    archive, infos = open_bounded_zip(path, upload_name, ReportFileError)
     members: dict[str, bytes] = {}
     with archive:
-        infos = archive.infolist()
-        if len(infos) > MAX_ZIP_FILES:
-            raise ReportFileError(f"{upload_name} holds {len(infos)} files; at most {MAX_ZIP_FILES}")
-        if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
-            raise ReportFileError(f"{upload_name} unpacks to more than {MAX_ZIP_BYTES // 1_000_000} MB")
         for info in infos:
             if info.is_dir():
                 continue
-            parts = relative_parts(info.filename)
-            if parts is None or _is_symlink(info):
+            if is_unsafe(info):
                 raise ReportFileError(f"{upload_name} holds an unsafe entry (absolute, '..' or a symlink)")
             try:
-                members["/".join(parts)] = archive.read(info)
+                members["/".join(relative_parts(info.filename))] = archive.read(info)
             except (zipfile.BadZipFile, OSError, EOFError, ValueError):
                 raise ReportFileError(f"{upload_name} is corrupt") from None
     return ZipFiles(members)

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from app import dashboard as dash
-from app.report_files import ROOT, AssetFiles, relative_parts
+from app.archives import relative_parts
+from app.report_files import ROOT, AssetFiles
 
 BUNDLED_REPORT = dash.BUNDLED / "synthetic-bce" / "report.json"
 CLASSES = json.loads(BUNDLED_REPORT.read_text())["class_names"]

@@ -87,6 +87,15 @@ def test_fine_tune_intake_limits(tmp_path):
         ft.job_from_zip(_zip(tmp_path / "b.zip", {"../evil.csv": b"path,labels\n"}), tmp_path / "x2")
     with pytest.raises(DataError, match="exactly one CSV"):
         ft.job_from_zip(_zip(tmp_path / "c.zip", {"a.jpg": b"x"}), tmp_path / "x3")
+    with pytest.raises(DataError, match="unsafe path: C:/evil.csv"):
+        ft.job_from_zip(_zip(tmp_path / "d.zip", {"C:/evil.csv": b"path,labels\n"}), tmp_path / "x4")
+    link = zipfile.ZipInfo("link.csv")
+    link.external_attr = 0o120777 << 16  # a symlink entry, as `zip --symlinks` stores one
+    with zipfile.ZipFile(tmp_path / "e.zip", "w") as zf:
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(DataError, match="unsafe path: link.csv"):
+        ft.job_from_zip(tmp_path / "e.zip", tmp_path / "x5")
+    assert not (tmp_path / "x5").exists()  # refused before anything was extracted
     with pytest.raises(DataError, match="2 images but 1 label lines"):
         ft.job_from_images(["a.jpg", "b.jpg"], "cat")
     images = []
