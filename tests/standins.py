@@ -13,6 +13,17 @@ from capnet.data import download
 from capnet.world.squares import write_coco, write_voc
 from tests.fileserver import FileServer
 
+# `--set` overrides that make a benchmark config a one-epoch run of the tiny random backbone on the CPU.
+TINY_RUN = [
+    "model.backbone={name: capnet-tiny, pretrained: null, device: cpu}",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.cache_dir=''",
+    "train.out_dir=runs",
+    "data.num_workers=0",
+    "eval.tta=false",
+]
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

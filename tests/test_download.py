@@ -20,7 +20,7 @@ from capnet.data.download import DownloadError, FileEntry, Options, fetch_file, 
 from capnet.data.sources import load_split
 from tests.common import LTSPLITS
 from tests.fileserver import FileServer
-from tests.standins import build_voc, coco_manifest, sha256, voc_manifest
+from tests.standins import TINY_RUN, build_voc, coco_manifest, sha256, voc_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = LTSPLITS.parent / "notes"
@@ -63,13 +63,7 @@ def test_clean_fetch_gives_the_layout_the_voc_lt_config_trains_on(tmp_path, voc,
     assert fetched.image_ids == source.image_ids and (fetched.labels == source.labels).all()
 
     overrides = [
-        "model.backbone={name: capnet-tiny, pretrained: null}",
-        "train.epochs=1",
-        "train.batch_size=4",
-        "train.cache_dir=''",
-        "train.out_dir=runs",
-        "data.num_workers=0",
-        "eval.tta=false",
+        *TINY_RUN,
         # The config's own paths are taken from configs/ (the repository's data/); --set ones from here.
         "data.root=data/VOCdevkit",
         "data.train_ids=data/ltsplits/voc-lt/img_id.txt",

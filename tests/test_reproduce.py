@@ -13,18 +13,9 @@ from capnet.checkpoint import model_from_checkpoint, read_metadata
 from capnet.config import load_run_config
 from capnet.data.download import human_bytes, load_manifest
 from tests.fileserver import FileServer
-from tests.standins import build_voc, voc_manifest
+from tests.standins import TINY_RUN, build_voc, voc_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.backbone={name: capnet-tiny, pretrained: null, device: cpu}",
-    "train.epochs=1",
-    "train.batch_size=4",
-    "train.cache_dir=''",
-    "train.out_dir=runs",
-    "data.num_workers=0",
-    "eval.tta=false",
-]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +24,7 @@ def voc(tmp_path_factory) -> dict:
 
 
 def _argv(manifest: Path, *extra: str) -> list[str]:
-    sets = [a for s in TINY for a in ("--set", s)]
+    sets = [a for s in TINY_RUN for a in ("--set", s)]
     config = str(ROOT / "configs" / "voc_lt.yaml")
     return [
         "reproduce",
@@ -85,7 +76,7 @@ def test_a_declined_cpu_run_does_nothing(tmp_path, voc, monkeypatch):
     questions = []
     with FileServer() as server:
         manifest = load_manifest(voc_manifest(tmp_path, voc, server))
-        cfg = load_run_config(str(ROOT / "configs" / "voc_lt.yaml"), TINY)
+        cfg = load_run_config(str(ROOT / "configs" / "voc_lt.yaml"), TINY_RUN)
         answer = reproduce.reproduce(
             manifest, "data", cfg, ask=lambda q: questions.append(q) or False, say=print
         )
