@@ -348,6 +348,7 @@ def contrastive_train(
     eval_fn: Callable[[nn.Module], float] | None = None,
     progress: bool = True,
     spec: SceneSpec | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Contrastive training of an open_clip model in place; returns the run's record.
 
@@ -355,7 +356,8 @@ def contrastive_train(
     of the first steps to fill ``minutes`` (recorded as ``schedule_steps``). ``minutes`` also stops the
     loop early if time runs out; ``max_steps`` stops it after that many steps whatever the schedule.
     Every parameter trains (the caller's ``requires_grad`` flags are overridden); the model ends in
-    eval mode with gradients off, as ``load_backbone`` leaves a backbone.
+    eval mode with gradients off, as ``load_backbone`` leaves a backbone. ``on_step(step, model)`` runs
+    after every step (snapshots); it must leave the model as it found it.
     """
     if steps is None and minutes is None:
         raise ValueError("give steps, minutes, or both")
@@ -394,6 +396,8 @@ def contrastive_train(
                 evals.append({"step": step, "map": eval_fn(clip)})
                 tqdm.write(f"step {step}: loss {loss:.3f}, validation zero-shot mAP {evals[-1]['map']:.4f}")
                 clip.train()
+            if on_step is not None:
+                on_step(step, clip)
             if schedule.steps is not None and step >= schedule.steps:
                 break
     finally:
@@ -516,6 +520,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, default=None, help="schedule length: reproduces a run exactly")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: all)")
+    p.add_argument(
+        "--save-at",
+        type=lambda v: sorted({int(x) for x in v.split(",") if x}),
+        default=[],
+        metavar="STEPS",
+        help="also write snapshots OUT-stepN.safetensors at these steps (comma-separated), each "
+        "reproducible with --max-steps N",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -554,8 +566,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
 
+    if args.save_at and args.steps is None:
+        print("pretrain: --save-at needs --steps (a snapshot is reproduced by --steps S --max-steps N)")
+        return 2
+
     def validate(model: nn.Module) -> float:
         return float(zero_shot_map(model, n=300, seed=VAL_SEED, model_name=args.model)["total"])
+
+    def reproduce(schedule_steps: int, steps: int) -> str:
+        cmd = ["python", "-m", "capnet.world.pretrain", "--out", str(args.out)]
+        cmd += ["--steps", str(schedule_steps)]
+        for flag in ("batch_size", "lr", "weight_decay", "warmup", "seed", "model", "threads", "positives"):
+            cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+        if steps != schedule_steps:
+            cmd += ["--max-steps", str(steps)]
+        return shlex.join(cmd)
+
+    def snapshot(step: int, model: nn.Module) -> None:
+        if step in args.save_at:
+            path = args.out.with_name(f"{args.out.stem}-step{step}{args.out.suffix}")
+            meta = {"format": "capnet-pretrain/1", "model": args.model, "snapshot_step": step,
+                    "reproduce": reproduce(args.steps, step)}  # fmt: skip
+            save_clip_weights(model, path, meta)
+            tqdm.write(f"step {step}: snapshot {path}")
 
     run = contrastive_train(
         clip,
@@ -573,41 +606,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_every=args.eval_every,
         eval_fn=validate if args.eval_every else None,
         progress=not args.no_progress,
+        on_step=snapshot if args.save_at else None,
     )
-    reproduce = [
-        "python",
-        "-m",
-        "capnet.world.pretrain",
-        "--out",
-        str(args.out),
-        "--steps",
-        str(run["schedule_steps"]),
-        "--batch-size",
-        str(args.batch_size),
-        "--lr",
-        str(args.lr),
-        "--weight-decay",
-        str(args.weight_decay),
-        "--warmup",
-        str(args.warmup),
-        "--seed",
-        str(args.seed),
-        "--model",
-        args.model,
-        "--threads",
-        str(args.threads),
-        "--positives",
-        args.positives,
-    ]
-    if run["steps"] != run["schedule_steps"]:
-        reproduce += ["--max-steps", str(run["steps"])]
     meta = {
         "format": "capnet-pretrain/1",
         "model": args.model,
         "parameters": n_params,
         "command": "python -m capnet.world.pretrain "
         + shlex.join(sys.argv[1:] if argv is None else list(argv)),
-        "reproduce": shlex.join(reproduce),
+        "reproduce": reproduce(run["schedule_steps"], run["steps"]),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
         "threads": args.threads,
