@@ -19,7 +19,8 @@ help:
 	@echo "  soak      the app under load on localhost: peak and idle memory (SOAK_ARGS passes options)"
 	@echo "  pretrain  retrain the tiny CLIP into runs/pretrain/ (PRETRAIN_OUT=checkpoints/capnet-synth.safetensors"
 	@echo "            replaces the shipped file that the tests guard)"
-	@echo "  ablation  the Synth-LT ablation into runs/ablation"
+	@echo "  ablation  the Synth-LT ablation on two worlds into runs/ablation, then its reports and"
+	@echo "            checkpoint into assets/reports/ and checkpoints/capnet-synth-lt.safetensors"
 	@echo "  reproduce fetch DATASET=voc-lt|coco-lt, train with the paper's protocol, evaluate, serve"
 	@echo "            (REPRODUCE_ARGS passes options, e.g. --yes)"
 	@echo "  clean     remove .venv and caches"
@@ -68,10 +69,14 @@ soak: $(STAMP)
 
 # The synthetic world: retrain the shipped tiny CLIP (about 20 minutes on two CPU cores), run the ablation.
 pretrain: $(STAMP)
-	$(PY) -m capnet.world.pretrain --out $(or $(PRETRAIN_OUT),runs/pretrain/capnet-synth.safetensors) --minutes 20
+	$(PY) -m capnet.world.pretrain --out $(or $(PRETRAIN_OUT),runs/pretrain/capnet-synth.safetensors) \
+		--steps 1500 --max-steps 1000 --batch-size 64 --lr 0.001 --weight-decay 0.1 --warmup 100 --seed 0 \
+		--threads 1 --positives subset
 
 ablation: $(STAMP)
-	$(PY) -m capnet.world.ablation --out runs/ablation
+	$(PY) -m capnet.world.ablation --out runs/ablation/world0 --world 0
+	$(PY) -m capnet.world.ablation --out runs/ablation/world1 --world 1
+	$(PY) tools/bundle_ablation_reports.py runs/ablation
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
