@@ -193,12 +193,16 @@ def _summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
                 "runs": [r[k] for r in runs]} for k in keys}  # fmt: skip
 
 
-def probe_rows(cfg: RunConfig, train: Records, test: Records, seeds: Sequence[int]) -> dict[str, Any]:
+def probe_rows(
+    cfg: RunConfig, train: Records, test: Records, seeds: Sequence[int], names: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The reference rows: linear probes on the frozen features, validation split and epochs as CAPNET's."""
     backbone = load_backbone(cfg.model.backbone)
     train_x, test_x = record_features(backbone, train), record_features(backbone, test)
     table: dict[str, Any] = {}
     for name, loss in PROBES:
+        if names is not None and name not in names:
+            continue
         runs = []
         for seed in seeds:
             fit, val = split_validation(train, cfg.data.val_fraction, seed)
@@ -297,7 +301,7 @@ def run_ablation(
             f"{name:<32}" + "  ".join(f"{g} {100 * table[name][g]['mean']:.1f}" for g in GROUPS), flush=True
         )
     if rows is None or any(name in rows for name, _ in PROBES):
-        table.update(probe_rows(from_dict(RunConfig, base), train, test, seeds))
+        table.update(probe_rows(from_dict(RunConfig, base), train, test, seeds, rows))
     summary = json.loads((data / "summary.json").read_text())
     payload = {
         "world": world,
