@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
 from capnet.checkpoint import model_from_checkpoint, read_metadata
-from capnet.data import read_csv
+from capnet.data import Records, read_csv
 from capnet.engine.evaluate import score_records
 from capnet.world.scenes import SCENE_CLASSES
 
@@ -69,3 +70,18 @@ def test_fresh_scenes_score_within_two_points_of_the_claim(tmp_path):
     aps = [average_precision_score(y[:, c], scores[:, c]) for c in range(y.shape[1]) if y[:, c].any()]
     claimed = read_metadata(CHECKPOINT)["claimed_map"]["total"]
     assert abs(float(np.mean(aps)) - claimed) <= TOLERANCE, (float(np.mean(aps)), claimed)
+
+
+def test_full_method_checkpoint_scores_what_its_report_says():
+    """The GCN model shipped beside the best-validation one scores what its bundled report holds."""
+    path = ROOT / "checkpoints" / "capnet-synth-lt-gcn.safetensors"
+    meta = read_metadata(path)
+    full = json.loads(TABLE.read_text())["full_method"]
+    assert meta["claimed_map"] == full["claimed_map"] and meta["config"]["gcn"]["enabled"]
+    report = ROOT / "assets" / "reports" / "synth-lt-capnet-text-graph"
+    frame = pd.read_csv(report / "scores.csv")
+    model = model_from_checkpoint(path, device="cpu").eval()
+    paths = [ROOT / p for p in frame["path"][:16]]
+    records = Records(list(SCENE_CLASSES), [p.stem for p in paths], paths, np.zeros((16, 20), np.uint8))
+    probs = 1.0 / (1.0 + np.exp(-score_records(model, records, batch_size=16).astype(np.float64)))
+    np.testing.assert_allclose(probs, frame[[f"p:{n}" for n in SCENE_CLASSES]].to_numpy()[:16], atol=2e-5)

@@ -2,7 +2,8 @@
 
 World 0's first-seed reports go to assets/reports/synth-lt-* with the test scenes they score (so the
 failure gallery can show them), each world's table to assets/reports/synth-lt-ablation[-worldN].json, and
-the checkpoint the ablation chose on validation to checkpoints/capnet-synth-lt.safetensors. Usage, from the
+the checkpoint the ablation chose on validation to checkpoints/capnet-synth-lt.safetensors (the full method's,
+when another row won, to capnet-synth-lt-gcn.safetensors). Usage, from the
 repository root after the ablation runs: python tools/bundle_ablation_reports.py [runs/ablation]
 """
 
@@ -18,7 +19,10 @@ import pandas as pd
 ROWS = {"zero-shot": "synth-lt-zero-shot", "GCN-text-embedding-graph": "synth-lt-capnet-text-graph",
         "GCN-co-occurrence-graph": "synth-lt-cooccurrence-graph"}  # fmt: skip
 ASSETS = Path("assets/reports")
-CHECKPOINT = Path("checkpoints/capnet-synth-lt.safetensors")
+CHECKPOINTS = (
+    Path("checkpoints/capnet-synth-lt.safetensors"),
+    Path("checkpoints/capnet-synth-lt-gcn.safetensors"),
+)
 
 
 def bundle_reports(source: Path) -> None:
@@ -56,8 +60,9 @@ def main(source: Path) -> int:
         (ASSETS / f"synth-lt-ablation{suffix}.json").write_text(json.dumps(table, indent=1))
     first = worlds[0].parent
     bundle_reports(first)
-    if (first / CHECKPOINT.name).is_file():
-        shutil.copy(first / CHECKPOINT.name, CHECKPOINT)
+    for checkpoint in CHECKPOINTS:
+        if (first / checkpoint.name).is_file():
+            shutil.copy(first / checkpoint.name, checkpoint)
     return 0
 
 

@@ -318,6 +318,11 @@ def run_ablation(
         payload["shipped"] = ship_checkpoint(
             out / "capnet-synth-lt.safetensors", best, first_models[best], train, payload
         )
+    if RECIPE_ROW in first_models and payload.get("shipped", {}).get("row") != RECIPE_ROW.strip():
+        # The full method ships beside it whatever validation says, so that the GCN can be seen at work.
+        payload["full_method"] = ship_checkpoint(
+            out / "capnet-synth-lt-gcn.safetensors", RECIPE_ROW, first_models[RECIPE_ROW], train, payload
+        )
     (out / "ablation.json").write_text(json.dumps(payload, indent=1))
     (out / "ablation.md").write_text(markdown_table(payload))
     return payload
