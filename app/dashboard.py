@@ -24,6 +24,8 @@ GROUP_ORDER = ("total", "head", "medium", "tail")
 RUN_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 NOT_IN_REPORT = "image not in the report"
 THUMBNAIL_SIDE = 192
+SYNTH_LT_CAPNET = "synth-lt-capnet"
+SYNTH_LT_ZERO_SHOT = "synth-lt-zero-shot"
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Run:
     scores: pd.DataFrame | None
     files: AssetFiles | ZipFiles  # the only places the gallery reads images from
     scores_note: str = ""  # why there is no gallery, when there is none
+    folder: str = ""  # the bundled report's folder under assets/reports (empty for uploads)
 
     @property
     def setting(self) -> str:
@@ -85,8 +88,25 @@ def bundled_runs() -> list[Run]:
     for path in sorted(BUNDLED.glob("*/report.json")):
         scores = path.with_name("scores.csv")
         data = scores.read_bytes() if scores.is_file() else None
-        runs.append(_run(path.read_bytes(), data, AssetFiles(path.parent), path.name, path.parent.name))
+        run = _run(path.read_bytes(), data, AssetFiles(path.parent), path.name, path.parent.name)
+        run.folder = path.parent.name
+        runs.append(run)
     return runs
+
+
+def default_selection(runs: list[Run]) -> list[str]:
+    """The bundled runs the dashboard opens on: Synth-LT's CAPNET row and zero-shot, else the first two.
+
+    The ablation writes ``synth-lt-<row>`` folders; the CAPNET row is ``synth-lt-capnet`` (or, in reports
+    of an earlier ablation, the first ``synth-lt-`` folder naming capnet).
+    """
+    by_folder = {run.folder: run.name for run in runs}
+    capnet = by_folder.get(SYNTH_LT_CAPNET) or next(
+        (name for folder, name in by_folder.items() if folder.startswith("synth-lt-") and "capnet" in folder),
+        None,
+    )
+    chosen = [name for name in (capnet, by_folder.get(SYNTH_LT_ZERO_SHOT)) if name is not None]
+    return chosen or [run.name for run in runs[:2]]
 
 
 def _runs_from_zip(path: Path, upload: str) -> list[Run]:

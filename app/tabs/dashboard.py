@@ -71,11 +71,12 @@ def show_gallery(runs, run_name, class_name):
 
 
 def build(served: ServedModels | None = None, state: gr.State | None = None) -> DashboardTab:
-    bundled = {run.name: run for run in dash.bundled_runs()}
+    found = dash.bundled_runs()
+    bundled = {run.name: run for run in found}
     runs = gr.State()
     with gr.Row():
         chosen = gr.CheckboxGroup(
-            list(bundled), value=list(bundled)[:2], label="Bundled reports", elem_id="bundled"
+            list(bundled), value=dash.default_selection(found), label="Bundled reports", elem_id="bundled"
         )
         uploads = gr.File(
             label="…or upload a report: a zip of report.json, scores.csv and its images (or the two files)",

@@ -1,0 +1,210 @@
+"""The offline app serving a CAPNET trained on Synth-LT (a stand-in built here, never the shipped file).
+
+The stand-in is what `checkpoints/capnet-synth-lt.safetensors` is: a CapNet on the shipped tiny CLIP with
+the text graph and GCN, saved with `claimed_map`, `class_freq`, `train_cooccurrence` and `synth_lt`. Its
+tensors are perturbed instead of trained (training would cost minutes); the weights file it was built
+on is deleted afterwards, as on a fresh clone, leaving only the copy beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from app import dashboard as dash
+from app import models as app_models
+from app.compare import CAPNET, ZERO_SHOT, models_for
+from app.graph_view import counts_view, training_cooccurrence
+from app.label_sources import CHECKPOINT, SCENES, counts_for, label_sources
+from app.models import SYNTH_LT_NAME, ModelChoice, load_served_models
+from app.predict import bar_chart, predict, samples_for
+from app.tabs.graph import run_graph
+from capnet import cli
+from capnet.backbone import frozen_fingerprint, load_backbone
+from capnet.checkpoint import save_checkpoint
+from capnet.config import BackboneConfig, ModelConfig, from_dict
+from capnet.graph import cooccurrence_graph
+from capnet.model import CapNet
+from capnet.world.pretrain import DEFAULT_WEIGHTS, MODEL_NAME
+from capnet.world.scenes import NATURAL_SPEC, SCENE_CLASSES, SCENE_TEMPLATES, natural_probs, scene_batch
+
+CLAIMED = {"total": 0.8123, "head": 0.9012, "medium": 0.7834, "tail": 0.6549}
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """(checkpoints folder, the model as saved, its training labels)."""
+    root = tmp_path_factory.mktemp("synth-lt")
+    trainer_copy = root / "trainer" / "synth_final.safetensors"
+    trainer_copy.parent.mkdir()
+    shutil.copy(DEFAULT_WEIGHTS, trainer_copy)
+    backbone = load_backbone(name=MODEL_NAME, pretrained=None, weights=str(trainer_copy), device="cpu")
+    config = from_dict(ModelConfig, {"prompt": {"n_ctx": 4}, "graph": {"templates": list(SCENE_TEMPLATES)}})
+    torch.manual_seed(0)
+    model = CapNet(backbone, SCENE_CLASSES, config).eval()
+    assert model.gcn is not None and model.config.graph.source == "text"
+    with torch.no_grad():
+        model.class_bias.copy_(torch.linspace(-3.0, 2.0, len(SCENE_CLASSES)))
+        for param in [*model.gcn.parameters(), *model.prompts.parameters()]:
+            if param.requires_grad:  # the prompts hold the frozen token embedding too
+                param.add_(0.2 * torch.randn_like(param))
+    _, labels, _ = scene_batch(60, seed=31337, class_probs=natural_probs(0), spec=NATURAL_SPEC)
+    y = labels.astype(np.int64)
+    extra = {
+        "claimed_map": CLAIMED,
+        "class_freq": y.sum(0).tolist(),
+        "train_cooccurrence": (y.T @ y).tolist(),
+        "synth_lt": {"num_images": len(y), "seed": 0},
+    }
+    folder = root / "checkpoints"
+    save_checkpoint(model, folder / SYNTH_LT_NAME, extra)
+    shutil.copy(DEFAULT_WEIGHTS, folder / "capnet-synth.safetensors")
+    trainer_copy.unlink()  # a fresh clone has only the shipped copy beside the checkpoint
+    return folder, model, labels
+
+
+@pytest.fixture(scope="module")
+def served(standin):
+    folder, _, _ = standin
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.delenv("CAPNET_CLIP_WEIGHTS", raising=False)
+        mp.setenv("HF_HOME", str(folder.parent / "hf"))
+        mp.setattr(app_models, "SYNTH_WEIGHTS", folder / "capnet-synth.safetensors")
+        yield load_served_models(ModelChoice(), checkpoints_dir=folder)  # ViT-B/16 openai: not here
+
+
+def test_offline_the_app_serves_the_synth_lt_checkpoint_in_world_mode(served, standin):
+    _, model, labels = standin
+    assert served.trained is not None and served.trained.class_names == list(SCENE_CLASSES)
+    assert served.world and SCENES in label_sources(served) and label_sources(served)[0] == CHECKPOINT
+    assert list(samples_for(served)) == [f"scene {i}" for i in range(1, 7)]
+    banner = served.banner
+    assert banner.startswith("**Offline: serving a trained CAPNET**") and SYNTH_LT_NAME in banner
+    assert "Synth-LT" in banner and "not real photos" in banner
+    assert "total 81.2, head 90.1, medium 78.3, tail 65.5" in banner
+    assert served.trained_counts.tolist() == labels.sum(0).tolist()
+    # zero-shot runs on a clean copy of the tiny CLIP the checkpoint was trained on, not on random weights
+    # (nor on the checkpoint's tower, which its adapters changed)
+    assert served.backbone.config.name == MODEL_NAME and model.peft != "none"
+    shipped = load_backbone(name=MODEL_NAME, pretrained=None, weights=str(DEFAULT_WEIGHTS), device="cpu")
+    assert frozen_fingerprint(served.backbone.model) == frozen_fingerprint(shipped.model)
+
+
+def test_with_loadable_weights_the_synth_lt_checkpoint_is_not_imposed(standin, monkeypatch):
+    folder, _, _ = standin
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    choice = ModelChoice(BackboneConfig(name="capnet-tiny", pretrained=None))
+    plain = load_served_models(choice, checkpoints_dir=folder)
+    assert plain.trained is None and not plain.world and "Random weights" in plain.banner
+    named = load_served_models(ModelChoice(choice.backbone, str(folder / SYNTH_LT_NAME)), folder)
+    assert named.trained is not None and named.world
+    assert named.banner.startswith("**Serving a trained CAPNET**")
+
+
+def test_predict_puts_capnet_beside_zero_shot_on_a_scene(served, standin):
+    _, model, _ = standin
+    images, _, _ = scene_batch(2, seed=5150)
+    for source in (CHECKPOINT, SCENES):  # the scene classes are the checkpoint's: CAPNET answers both
+        models = models_for(served, SCENE_CLASSES)
+        assert list(models) == [CAPNET, ZERO_SHOT]
+        result = predict(models, [("s0", images[0]), ("s1", images[1])], counts=counts_for(served, source))
+        assert result.groups  # head / medium / tail from the checkpoint's class counts
+    table = result.table
+    with torch.no_grad():
+        direct = torch.sigmoid(model(torch.stack([model.image_transform()(im) for im in images])))
+        direct_zero = models[ZERO_SHOT].predict(
+            torch.stack([models[ZERO_SHOT].image_transform()(im) for im in images])
+        )
+    for k, image in enumerate(("s0", "s1")):
+        rows = table[table.image == image]
+        capnet = rows[rows.model == CAPNET].set_index("label").probability[list(SCENE_CLASSES)]
+        zero = rows[rows.model == ZERO_SHOT].set_index("label").probability[list(SCENE_CLASSES)]
+        assert np.allclose(capnet.to_numpy(), direct[k].numpy(), atol=1e-5)
+        assert np.allclose(zero.to_numpy(), direct_zero[k].numpy(), atol=1e-5)
+        assert np.abs(capnet.to_numpy() - zero.to_numpy()).max() > 0.05  # two models, two answers
+    fig = bar_chart(result, "s0", 0.5)
+    assert [trace.name for trace in fig.data] == [CAPNET, ZERO_SHOT]
+    assert all(len(trace.y) == len(SCENE_CLASSES) for trace in fig.data)  # every class, side by side
+
+
+def test_graph_tab_shows_the_training_cooccurrence_beside_the_text_graph(served, standin):
+    _, _, labels = standin
+    names = list(SCENE_CLASSES)
+    counts, why = training_cooccurrence(served, CHECKPOINT, names)
+    direct = np.zeros((len(names), len(names)), dtype=np.int64)
+    for row in labels:
+        present = [i for i, v in enumerate(row) if v]
+        for i in present:
+            for j in present:
+                direct[i, j] += 1
+    assert why == "" and np.array_equal(counts, direct)
+    graph, class_counts, _ = counts_view(counts, names, "threshold", 4, 0.4, 0.2)
+    from_labels = cooccurrence_graph(torch.as_tensor(labels), names, threshold=0.4)
+    assert (
+        torch.allclose(graph.weights, from_labels.weights) and class_counts.tolist() == labels.sum(0).tolist()
+    )
+
+    message, fig, stats, cooc, heat = run_graph(served, CHECKPOINT, "", "threshold", 4, 0.4, 0.2, True)
+    assert message == "" and cooc["visible"] and heat["visible"]
+    assert "co-occurrence graph" in stats and "The graphs share" in stats
+    before, after = (np.asarray(trace.z) for trace in heat["value"].data)
+    assert before.shape == after.shape == (len(names), len(names))
+    assert np.abs(before - after).max() > 1e-3  # the GCN moved the class features
+
+    served.meta = {k: v for k, v in served.meta.items() if k != "train_cooccurrence"}
+    try:
+        _, _, stats, cooc, heat = run_graph(served, CHECKPOINT, "", "threshold", 4, 0.4, 0.2, True)
+    finally:
+        served.meta["train_cooccurrence"] = labels.T.astype(np.int64).dot(labels).tolist()
+    assert not cooc["visible"] and heat["visible"]
+    assert "carries no co\\-occurrence counts of its training labels" in stats
+
+
+REPORT = dash.BUNDLED / "synthetic-bce" / "report.json"
+
+
+def _report(folder, name):
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps({**json.loads(REPORT.read_text()), "name": name}))
+
+
+def test_dashboard_opens_on_the_capnet_row_and_zero_shot(tmp_path, monkeypatch):
+    monkeypatch.setattr(dash, "BUNDLED", tmp_path / "reports")
+    for folder, name in [
+        ("synth-lt-capnet", "CAPNET (best on validation)"),
+        ("synth-lt-prompts-bce", "prompts + BCE"),
+        ("synth-lt-zero-shot", "zero-shot"),
+        ("synthetic-bce", "synthetic-bce"),
+    ]:
+        _report(tmp_path / "reports" / folder, name)
+    assert dash.default_selection(dash.bundled_runs()) == ["CAPNET (best on validation)", "zero-shot"]
+    # reports of the earlier ablation: the capnet row's folder says more than "capnet"
+    shutil.rmtree(tmp_path / "reports" / "synth-lt-capnet")
+    _report(tmp_path / "reports" / "synth-lt-capnet-text-graph", "+ GCN, text-embedding graph")
+    assert dash.default_selection(dash.bundled_runs()) == ["+ GCN, text-embedding graph", "zero-shot"]
+    # no Synth-LT reports at all: the first two, as before
+    for folder in ("synth-lt-capnet-text-graph", "synth-lt-zero-shot"):
+        shutil.rmtree(tmp_path / "reports" / folder)
+    assert dash.default_selection(dash.bundled_runs()) == ["prompts + BCE", "synthetic-bce"]
+
+
+def test_cli_predicts_with_the_checkpoint_offline_from_any_folder(standin, tmp_path, monkeypatch, capsys):
+    folder, model, _ = standin
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("CAPNET_CLIP_WEIGHTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    images, _, _ = scene_batch(2, seed=6061)
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"s{i}.png")
+    argv = ["predict", "s0.png", "s1.png", "--checkpoint", str(folder / SYNTH_LT_NAME), "--format", "json"]
+    assert cli.main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    expected = model.predict(torch.stack([model.image_transform()(im) for im in images]))
+    for row, probs in zip(rows, expected):
+        got = [row["probabilities"][name] for name in SCENE_CLASSES]
+        assert np.allclose(got, probs.numpy(), atol=1e-4)
