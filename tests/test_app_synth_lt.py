@@ -1,10 +1,4 @@
-"""The offline app serving a CAPNET trained on Synth-LT (a stand-in built here, never the shipped file).
-
-The stand-in is what `checkpoints/capnet-synth-lt.safetensors` is: a CapNet on the shipped tiny CLIP with
-the text graph and GCN, saved with `claimed_map`, `class_freq`, `train_cooccurrence` and `synth_lt`. Its
-tensors are perturbed instead of trained (training would cost minutes); the weights file it was built
-on is deleted afterwards, as on a fresh clone, leaving only the copy beside the checkpoint.
-"""
+"""The offline app serving a CAPNET trained on Synth-LT (a stand-in built here, never the shipped file)."""
 
 from __future__ import annotations
 
@@ -25,46 +19,17 @@ from app.predict import bar_chart, predict, samples_for
 from app.tabs.graph import run_graph
 from capnet import cli
 from capnet.backbone import frozen_fingerprint, load_backbone
-from capnet.checkpoint import save_checkpoint
-from capnet.config import BackboneConfig, ModelConfig, from_dict
+from capnet.config import BackboneConfig
 from capnet.graph import cooccurrence_graph
-from capnet.model import CapNet
 from capnet.world.pretrain import DEFAULT_WEIGHTS, MODEL_NAME
-from capnet.world.scenes import NATURAL_SPEC, SCENE_CLASSES, SCENE_TEMPLATES, natural_probs, scene_batch
-
-CLAIMED = {"total": 0.8123, "head": 0.9012, "medium": 0.7834, "tail": 0.6549}
+from capnet.world.scenes import SCENE_CLASSES, scene_batch
+from tests.synth_lt_standin import build_standin
 
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
     """(checkpoints folder, the model as saved, its training labels)."""
-    root = tmp_path_factory.mktemp("synth-lt")
-    trainer_copy = root / "trainer" / "synth_final.safetensors"
-    trainer_copy.parent.mkdir()
-    shutil.copy(DEFAULT_WEIGHTS, trainer_copy)
-    backbone = load_backbone(name=MODEL_NAME, pretrained=None, weights=str(trainer_copy), device="cpu")
-    config = from_dict(ModelConfig, {"prompt": {"n_ctx": 4}, "graph": {"templates": list(SCENE_TEMPLATES)}})
-    torch.manual_seed(0)
-    model = CapNet(backbone, SCENE_CLASSES, config).eval()
-    assert model.gcn is not None and model.config.graph.source == "text"
-    with torch.no_grad():
-        model.class_bias.copy_(torch.linspace(-3.0, 2.0, len(SCENE_CLASSES)))
-        for param in [*model.gcn.parameters(), *model.prompts.parameters()]:
-            if param.requires_grad:  # the prompts hold the frozen token embedding too
-                param.add_(0.2 * torch.randn_like(param))
-    _, labels, _ = scene_batch(60, seed=31337, class_probs=natural_probs(0), spec=NATURAL_SPEC)
-    y = labels.astype(np.int64)
-    extra = {
-        "claimed_map": CLAIMED,
-        "class_freq": y.sum(0).tolist(),
-        "train_cooccurrence": (y.T @ y).tolist(),
-        "synth_lt": {"num_images": len(y), "seed": 0},
-    }
-    folder = root / "checkpoints"
-    save_checkpoint(model, folder / SYNTH_LT_NAME, extra)
-    shutil.copy(DEFAULT_WEIGHTS, folder / "capnet-synth.safetensors")
-    trainer_copy.unlink()  # a fresh clone has only the shipped copy beside the checkpoint
-    return folder, model, labels
+    return build_standin(tmp_path_factory.mktemp("synth-lt"))
 
 
 @pytest.fixture(scope="module")
