@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app import text
 from capnet.backbone import WEIGHTS_ENV, Backbone, WeightsUnavailableError, load_backbone
 from capnet.checkpoint import CheckpointError, model_from_checkpoint, read_metadata
 from capnet.config import BackboneConfig
@@ -43,6 +44,18 @@ class ServedModels:
         if self.trained is not None and tuple(self.trained.class_names) == tuple(class_names):
             return self.trained
         return None
+
+    @property
+    def synth_lt(self) -> dict:
+        """What the checkpoint says of its Synth-LT run (free-form; readers take only what they know)."""
+        info = self.meta.get("synth_lt")
+        return info if isinstance(info, dict) else {}
+
+    @property
+    def ablation_row(self) -> str | None:
+        """The ablation row the served checkpoint was chosen from, when it says so."""
+        row = self.synth_lt.get("row")
+        return row.strip() if isinstance(row, str) and row.strip() else None
 
     def zero_shot(self, class_names: tuple[str, ...]) -> CapNet:
         if class_names not in self.zero_shot_cache:
@@ -88,14 +101,21 @@ def checkpoint_banner(path: Path, served: ServedModels, offline: bool = False) -
         )
     on = "Synth-LT, the synthetic world's long-tailed benchmark" if "synth_lt" in meta else "synthetic scenes"
     lead = "**Offline: serving a trained CAPNET**" if offline else "**Serving a trained CAPNET**"
+    row = (
+        f" (the ablation's row {text.md(served.ablation_row)}, chosen on validation)"
+        if served.ablation_row
+        else ""
+    )
     banner = (
-        f"{lead} ({path.name}, {trained.num_classes} classes), trained on {on}, "
+        f"{lead} ({text.md(path.name)}, {trained.num_classes} classes), trained on {on}{row}, "
         f"on the tiny CLIP {backbone.config.name}, with zero-shot alongside."
     )
     claimed = claimed_map(meta)
     if claimed:
         figures = ", ".join(f"{g} {100 * v:.1f}" for g, v in claimed.items())
-        banner += f" Its claimed test mAP (%): {figures}."
+        size = served.synth_lt.get("test_size")
+        scenes = f", {size:,} test scenes" if isinstance(size, int) and not isinstance(size, bool) else ""
+        banner += f" Its claimed test mAP (%{scenes}): {figures}."
     return banner + " It knows synthetic scenes, not real photos."
 
 

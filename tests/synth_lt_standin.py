@@ -46,7 +46,14 @@ def build_standin(root: Path) -> tuple[Path, CapNet, np.ndarray]:
         "claimed_map": CLAIMED,
         "class_freq": y.sum(0).tolist(),
         "train_cooccurrence": (y.T @ y).tolist(),
-        "synth_lt": {"num_images": len(y), "seed": 0},
+        "synth_lt": {  # as capnet.world.ablation.ship_checkpoint writes it
+            "world": 0,
+            "row": "+ GCN, text-embedding graph",
+            "seed": 0,
+            "recipe": "in-vocabulary init, lr 5e-4",
+            "kept": {"epoch": 3, "reason": "best validation mAP"},
+            "test_size": 1000,
+        },
     }
     folder = root / "checkpoints"
     save_checkpoint(model, folder / SYNTH_LT_NAME, extra)

@@ -11,6 +11,7 @@ import torch
 
 from app import dashboard as dash
 from app import models as app_models
+from app import text
 from app.compare import CAPNET, ZERO_SHOT, models_for
 from app.graph_view import counts_view, training_cooccurrence
 from app.label_sources import CHECKPOINT, SCENES, counts_for, label_sources
@@ -49,9 +50,10 @@ def test_offline_the_app_serves_the_synth_lt_checkpoint_in_world_mode(served, st
     assert served.world and SCENES in label_sources(served) and label_sources(served)[0] == CHECKPOINT
     assert list(samples_for(served)) == [f"scene {i}" for i in range(1, 7)]
     banner = served.banner
-    assert banner.startswith("**Offline: serving a trained CAPNET**") and SYNTH_LT_NAME in banner
+    assert banner.startswith("**Offline: serving a trained CAPNET**") and text.md(SYNTH_LT_NAME) in banner
     assert "Synth-LT" in banner and "not real photos" in banner
-    assert "total 81.2, head 90.1, medium 78.3, tail 65.5" in banner
+    assert "test mAP (%, 1,000 test scenes): total 81.2, head 90.1, medium 78.3, tail 65.5" in banner
+    assert f"row {text.md('+ GCN, text-embedding graph')}, chosen on validation" in banner
     assert served.trained_counts.tolist() == labels.sum(0).tolist()
     # zero-shot runs on a clean copy of the tiny CLIP the checkpoint was trained on, not on random weights
     # (nor on the checkpoint's tower, which its adapters changed)
@@ -152,6 +154,9 @@ def test_dashboard_opens_on_the_capnet_row_and_zero_shot(tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "reports" / "synth-lt-capnet")
     _report(tmp_path / "reports" / "synth-lt-capnet-text-graph", "+ GCN, text-embedding graph")
     assert dash.default_selection(dash.bundled_runs()) == ["+ GCN, text-embedding graph", "zero-shot"]
+    # the row the served checkpoint names comes first, whatever its folder
+    named = dash.default_selection(dash.bundled_runs(), capnet_row=" prompts + BCE")
+    assert named == ["prompts + BCE", "zero-shot"]
     # no Synth-LT reports at all: the first two, as before
     for folder in ("synth-lt-capnet-text-graph", "synth-lt-zero-shot"):
         shutil.rmtree(tmp_path / "reports" / folder)
@@ -173,3 +178,38 @@ def test_cli_predicts_with_the_checkpoint_offline_from_any_folder(standin, tmp_p
     for row, probs in zip(rows, expected):
         got = [row["probabilities"][name] for name in SCENE_CLASSES]
         assert np.allclose(got, probs.numpy(), atol=1e-4)
+
+
+def test_the_ablation_chart_reads_every_row_and_says_why_when_it_cannot(tmp_path):
+    path = tmp_path / dash.ABLATION_FILE
+    table = {
+        "zero-shot": {
+            g: {"mean": 0.5 + 0.01 * k, "std": 0.0, "runs": [0.5]} for k, g in enumerate(dash.GROUP_ORDER)
+        },
+        "+ GCN, text-embedding graph": {
+            **{g: {"mean": 0.7, "std": 0.02, "runs": [0.68, 0.72]} for g in dash.GROUP_ORDER},
+            "val_total": {"mean": 0.9, "std": 0.0},
+            "tail": {"mean": float("nan"), "std": 0.1},  # left out, not drawn as 0
+        },
+    }
+    payload = {
+        "seeds": [0, 1],
+        "epochs": 15,
+        "table": table,
+        "shipped": {"row": "+ GCN, text-embedding graph"},
+    }
+    path.write_text(json.dumps(payload))
+    ablation, why = dash.read_ablation(path)
+    assert why == "" and ablation.shipped == "+ GCN, text-embedding graph"
+    assert text.md("over 2 seed(s), 15 epochs") in ablation.caption
+    fig = dash.ablation_figure(ablation)
+    assert [trace.name for trace in fig.data] == list(dash.GROUP_ORDER)
+    head = fig.data[1]
+    assert list(head.y) == ["zero-shot", "+ GCN, text-embedding graph ★"]
+    assert np.allclose(list(head.x), [51.0, 70.0]) and np.allclose(head.error_x.array, [0.0, 2.0])
+    assert np.isnan(list(fig.data[3].x)[1])  # the NaN tail cell has no bar
+    assert dash.read_ablation(tmp_path / "absent.json") == (None, "no absent.json, so no ablation chart")
+    path.write_text("{not json")
+    assert "not a JSON file" in dash.read_ablation(path)[1]
+    path.write_text(json.dumps({"table": {"a row": "not a dict"}}))
+    assert "no readable rows" in dash.read_ablation(path)[1]
