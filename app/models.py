@@ -16,7 +16,7 @@ from capnet.world.pretrain import MODEL_NAME
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 SYNTH_WEIGHTS = CHECKPOINTS_DIR / "capnet-synth.safetensors"
-# The shipped CAPNET trained on Synth-LT: served when no real CLIP weights can be had (see served_checkpoint).
+# The shipped CAPNET trained on Synth-LT, served when no real CLIP weights can be had (load_served_models).
 SYNTH_LT_NAME = "capnet-synth-lt.safetensors"
 GROUPS = ("total", "head", "medium", "tail")
 
