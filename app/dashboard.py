@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ GROUP_ORDER = ("total", "head", "medium", "tail")
 RUN_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 NOT_IN_REPORT = "image not in the report"
 THUMBNAIL_SIDE = 192
+SYNTH_LT_CAPNET = "synth-lt-capnet"
+SYNTH_LT_ZERO_SHOT = "synth-lt-zero-shot"
+ABLATION_FILE = "synth-lt-ablation.json"
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Run:
     scores: pd.DataFrame | None
     files: AssetFiles | ZipFiles  # the only places the gallery reads images from
     scores_note: str = ""  # why there is no gallery, when there is none
+    folder: str = ""  # the bundled report's folder under assets/reports (empty for uploads)
 
     @property
     def setting(self) -> str:
@@ -85,8 +90,109 @@ def bundled_runs() -> list[Run]:
     for path in sorted(BUNDLED.glob("*/report.json")):
         scores = path.with_name("scores.csv")
         data = scores.read_bytes() if scores.is_file() else None
-        runs.append(_run(path.read_bytes(), data, AssetFiles(path.parent), path.name, path.parent.name))
+        run = _run(path.read_bytes(), data, AssetFiles(path.parent), path.name, path.parent.name)
+        run.folder = path.parent.name
+        runs.append(run)
     return runs
+
+
+def default_selection(runs: list[Run], capnet_row: str | None = None) -> list[str]:
+    """The bundled runs the dashboard opens on: Synth-LT's CAPNET row and zero-shot, else the first two.
+
+    The ablation writes ``synth-lt-<row>`` folders. The CAPNET row is the one the served checkpoint (or
+    the ablation's JSON) names as shipped, else ``synth-lt-capnet``, else (reports of an earlier
+    ablation) the first ``synth-lt-`` folder naming capnet.
+    """
+    synth = [run for run in runs if run.folder.startswith("synth-lt-")]
+    by_folder = {run.folder: run.name for run in synth}
+    capnet = (
+        next((run.name for run in synth if capnet_row and run.name == capnet_row.strip()), None)
+        or by_folder.get(SYNTH_LT_CAPNET)
+        or next((name for folder, name in by_folder.items() if "capnet" in folder), None)
+    )
+    chosen = [name for name in (capnet, by_folder.get(SYNTH_LT_ZERO_SHOT)) if name is not None]
+    return chosen or [run.name for run in runs[:2]]
+
+
+@dataclass
+class Ablation:
+    """The Synth-LT ablation's table as the dashboard draws it: every row, mean and std per group."""
+
+    table: pd.DataFrame  # columns row, group, mean, std (fractions)
+    caption: str
+    shipped: str | None  # the row saved as the served checkpoint, when the file says
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_ablation(path: Path | None = None) -> tuple[Ablation | None, str]:
+    """``synth-lt-ablation.json`` (python -m capnet.world.ablation), or None and one line saying why not.
+
+    Only the fields it knows are read: ``table`` (row -> group -> mean, std), ``seeds``, ``epochs``,
+    ``shipped.row``; a cell without a finite mean is left out.
+    """
+    path = path or BUNDLED / ABLATION_FILE
+    if not path.is_file():
+        return None, f"no {path.name}, so no ablation chart"
+    if path.stat().st_size > MAX_REPORT_BYTES:
+        return None, f"{path.name} is larger than {MAX_REPORT_BYTES // 1_000_000} MB, so no ablation chart"
+    try:
+        payload = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None, f"{path.name} is not a JSON file, so no ablation chart"
+    table = payload.get("table") if isinstance(payload, dict) else None
+    cells = []
+    for name, row in (table or {}).items() if isinstance(table, dict) else ():
+        for group in GROUP_ORDER:
+            cell = row.get(group) if isinstance(row, dict) else None
+            if isinstance(cell, dict) and _finite(cell.get("mean")):
+                std = cell["std"] if _finite(cell.get("std")) else 0.0
+                cells.append({"row": str(name).strip(), "group": group, "mean": cell["mean"], "std": std})
+    if not cells:
+        return None, f"{path.name} holds no readable rows, so no ablation chart"
+    seeds, epochs = payload.get("seeds"), payload.get("epochs")
+    caption = "Synth-LT ablation: test mAP, mean ± standard deviation"
+    if isinstance(seeds, list) and seeds:
+        caption += f" over {len(seeds)} seed(s)"
+    if _finite(epochs):
+        caption += f", {int(epochs)} epochs"
+    shipped = payload.get("shipped")
+    row = shipped.get("row") if isinstance(shipped, dict) else None
+    row = row.strip() if isinstance(row, str) and row.strip() else None
+    if row:
+        caption += f"; ★ the row shipped as checkpoints/capnet-synth-lt.safetensors: {row}"
+    return Ablation(pd.DataFrame(cells), text.md(caption + "."), row), ""
+
+
+def ablation_figure(ablation: Ablation) -> go.Figure:
+    """Every row's group mAP as bars with their seed spread: where each component gains or loses."""
+    frame = ablation.table
+    rows = list(dict.fromkeys(frame["row"]))
+    labels = {r: text.plot(r + (" ★" if r == ablation.shipped else "")) for r in rows}
+    fig = go.Figure()
+    for group in GROUP_ORDER:
+        part = frame[frame.group == group].set_index("row").reindex(rows)
+        fig.add_bar(
+            y=[labels[r] for r in rows],
+            x=100 * part["mean"],
+            error_x=dict(type="data", array=(100 * part["std"]).fillna(0).tolist(), visible=True),
+            orientation="h",
+            name=group,
+            marker_color=GROUP_COLOURS.get(group, "#555555"),
+            hovertemplate="%{y}<br>" + group + " %{x:.1f}<extra></extra>",
+        )
+    fig.update_layout(
+        barmode="group",
+        xaxis=dict(title="test mAP (%)", range=[0, 105]),
+        yaxis=dict(autorange="reversed"),
+        height=140 + 60 * len(rows),
+        margin=dict(l=10, r=10, t=40, b=10),
+        title="every row of the ablation (colour: class group; whiskers: std over seeds)",
+        legend=dict(orientation="h", y=-0.08),
+    )
+    return fig
 
 
 def _runs_from_zip(path: Path, upload: str) -> list[Run]:

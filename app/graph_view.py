@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from app import text
-from capnet.graph import LabelGraph, cooccurrence_graph, text_graph
+from app.models import ServedModels
+from app.splits import official_training_labels
+from capnet.graph import LabelGraph, counts_graph, text_graph
 from capnet.metrics import class_groups
 from capnet.model import CapNet
 
@@ -97,13 +99,18 @@ def stats_markdown(graph: LabelGraph, label: str) -> str:
 
 def cooccurrence_view(labels: np.ndarray, names: list[str], mode: str, topk: int, threshold: float, p: float):
     """The co-occurrence graph of the long-tailed training labels, and why its tail rows are unreliable."""
-    graph = cooccurrence_graph(
-        labels, names, mode=mode, topk=int(topk), threshold=float(threshold), p=float(p)
+    y = np.asarray(labels).astype(np.int64)
+    return counts_view(y.T @ y, names, mode, topk, threshold, p)
+
+
+def counts_view(counts: np.ndarray, names: list[str], mode: str, topk: int, threshold: float, p: float):
+    """``cooccurrence_view`` from the (C, C) co-occurrence counts alone (diagonal: class counts)."""
+    graph = counts_graph(
+        torch.as_tensor(counts), names, mode=mode, topk=int(topk), threshold=float(threshold), p=float(p)
     )
-    counts = labels.sum(0)
-    groups = class_groups(counts)
-    cooc = (labels.T.astype(np.int64) @ labels.astype(np.int64)) > 0
-    partners = cooc.sum(1) - 1
+    class_counts = np.diagonal(counts).copy()
+    groups = class_groups(class_counts)
+    partners = (np.asarray(counts) > 0).sum(1) - (class_counts > 0)
     tail = [i for i, g in enumerate(groups) if g == "tail"]
     thin = [names[i] for i in tail if partners[i] < 3]
     note = text.md(
@@ -113,7 +120,79 @@ def cooccurrence_view(labels: np.ndarray, names: list[str], mode: str, topk: int
         if tail
         else "No tail classes in this training set."
     )
-    return graph, counts, note
+    return graph, class_counts, note
+
+
+def checkpoint_cooccurrence(meta: dict, num_classes: int) -> tuple[np.ndarray | None, str]:
+    """The training co-occurrence counts a checkpoint carries, or None and one line saying why not."""
+    raw = meta.get("train_cooccurrence")
+    if raw is None:
+        return None, (
+            "This checkpoint carries no co-occurrence counts of its training labels (metadata "
+            "train_cooccurrence), so its co-occurrence graph cannot be drawn."
+        )
+    try:
+        counts = np.asarray(raw)
+    except (TypeError, ValueError):
+        counts = np.zeros(0)
+    if (
+        counts.shape != (num_classes, num_classes)
+        or counts.dtype.kind not in "iu"
+        or (counts < 0).any()
+        or not (counts == counts.T).all()
+    ):
+        return None, (
+            f"This checkpoint's train_cooccurrence is not a symmetric {num_classes}x{num_classes} matrix of "
+            "counts, so its co-occurrence graph is not drawn."
+        )
+    return counts.astype(np.int64), ""
+
+
+def training_cooccurrence(
+    served: ServedModels, source: str, names: list[str]
+) -> tuple[np.ndarray | None, str]:
+    """The co-occurrence counts of the set's long-tailed training labels, or None and one line why not.
+
+    The served checkpoint's own counts for its classes; the official split files for VOC and COCO.
+    """
+    labels = official_training_labels(source)
+    if served.trained_for(tuple(names)) is not None:
+        counts, why = checkpoint_cooccurrence(served.meta, len(names))
+        if counts is not None or labels is None:
+            return counts, why
+    if labels is None:
+        return None, (
+            "No official long-tailed training labels on this machine for this label set: the "
+            "co-occurrence graph needs them (see README, data/ltsplits)."
+        )
+    y = labels.astype(np.int64)
+    return y.T @ y, ""
+
+
+def graph_difference(text_graph: LabelGraph, cooc: LabelGraph) -> str:
+    """One line on how the two graphs differ: shared edges, and the strongest edge each has alone."""
+    a, b = text_graph.edges, cooc.edges
+    shared = int(torch.triu(a & b, diagonal=1).sum())
+    names = text_graph.class_names
+
+    def strongest(graph: LabelGraph, only: torch.Tensor) -> str:
+        weights = torch.triu(torch.where(only, graph.weights, torch.zeros_like(graph.weights)), diagonal=1)
+        if not bool((weights > 0).any()):
+            return "none"
+        i, j = divmod(int(weights.argmax()), weights.shape[1])
+        return f"{names[i]} – {names[j]}"
+
+    isolated = [names[i] for i, d in enumerate(cooc.degree) if d == 0 and text_graph.degree[i] > 0]
+    line = (
+        f"The graphs share {shared} of the text graph's {int(torch.triu(a, 1).sum())} edges and the "
+        f"co-occurrence graph's {int(torch.triu(b, 1).sum())}: the text graph links classes whose names "
+        f"are alike (strongest edge of its own: {strongest(text_graph, a & ~b)}), the co-occurrence graph "
+        f"classes seen together in training (strongest of its own: {strongest(cooc, b & ~a)})"
+    )
+    if isolated:
+        shown = ", ".join(isolated[:5])
+        line += f"; {len(isolated)} class(es) have text edges but no co-occurrence edge ({shown})"
+    return text.md(line + ".")
 
 
 def similarity_heatmaps(model: CapNet) -> go.Figure:

@@ -34,7 +34,8 @@ def labels_for(served: ServedModels, source: str, custom: str) -> tuple[str, ...
 
 
 def counts_for(served: ServedModels, source: str) -> np.ndarray | None:
-    if source == CHECKPOINT:
+    """Training counts of the set: the checkpoint's for its classes (also when named as the scene classes)."""
+    if source == CHECKPOINT or (source == SCENES and served.trained_for(SCENE_CLASSES)):
         return served.trained_counts
     labels = official_training_labels(source)
     return None if labels is None else labels.sum(0)

@@ -150,8 +150,12 @@ def predict(
     return Prediction(table.reset_index(drop=True), list(models), groups)
 
 
-def bar_chart(prediction: Prediction, image: str, threshold: float, top: int = 15) -> go.Figure:
-    """Ranked labels of one image: bars coloured by head/medium/tail where known, hatched for zero-shot."""
+def bar_chart(prediction: Prediction, image: str, threshold: float, top: int = 20) -> go.Figure:
+    """Ranked labels of one image: bars coloured by head/medium/tail where known, hatched for zero-shot.
+
+    Every model's bar of a label sits beside the others (CAPNET beside zero-shot); 20 labels show every
+    class of VOC and of the synthetic world.
+    """
     fig = go.Figure()
     part = prediction.table[prediction.table.image == image]
     order = part.groupby("label").probability.max().sort_values(ascending=False).index[:top][::-1]
@@ -178,7 +182,7 @@ def bar_chart(prediction: Prediction, image: str, threshold: float, top: int = 1
     fig.update_layout(
         barmode="group",
         xaxis=dict(range=[0, 1], title="probability"),
-        height=160 + 28 * len(order) * max(1, len(prediction.models)),
+        height=160 + len(order) * (10 + 18 * max(1, len(prediction.models))),
         margin=dict(l=10, r=10, t=40, b=10),
         title=text.plot(image),
         legend=dict(orientation="h", y=-0.12),

@@ -140,12 +140,15 @@ def _recorded_weights(path: Path, config: ModelConfig) -> str | None:
     """The weights file the checkpoint was trained with, where this machine has it (else None).
 
     Looked for where it was (an absolute path, or relative to the current folder) and then beside the
-    checkpoint (a shipped checkpoint next to its shipped weights).
+    checkpoint, under its own name or the architecture's (a shipped checkpoint next to its shipped weights,
+    ``checkpoints/capnet-synth.safetensors``, whatever the trainer's copy was called). The fingerprint check
+    of ``load_checkpoint`` refuses a file that holds other weights.
     """
     recorded = config.backbone.weights
     if not recorded:
         return None
-    for candidate in (Path(recorded), path.parent / Path(recorded).name):
+    beside = (path.parent / Path(recorded).name, path.parent / f"{config.backbone.name}.safetensors")
+    for candidate in (Path(recorded), *beside):
         if candidate.is_file():
             return str(candidate)
     return None

@@ -134,7 +134,26 @@ def cooccurrence_graph(
 ) -> LabelGraph:
     """ML-GCN's graph: conditional probabilities P(j | i) from training labels, made symmetric by max."""
     y = torch.as_tensor(labels).float().cpu()
-    counts = y.T @ y
+    return counts_graph(y.T @ y, class_names, mode=mode, topk=topk, threshold=threshold, p=p)
+
+
+def counts_graph(
+    counts: torch.Tensor,
+    class_names: Sequence[str],
+    *,
+    mode: str = "threshold",
+    topk: int = 4,
+    threshold: float = 0.4,
+    p: float = 0.2,
+) -> LabelGraph:
+    """The co-occurrence graph from the (C, C) count matrix alone (diagonal: class counts).
+
+    A checkpoint can carry the counts of its training labels, where the labels themselves are not shipped.
+    """
+    counts = torch.as_tensor(counts).float().cpu()
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(class_names):
+        shape = tuple(counts.shape)
+        raise ValueError(f"co-occurrence counts of shape {shape} for {len(class_names)} classes")
     cond = counts / counts.diagonal().clamp(min=1)[:, None]
     weights = sparsify(torch.maximum(cond, cond.T), mode=mode, topk=topk, threshold=threshold)
     return LabelGraph(weights, normalise(weights, p), list(class_names), p)

@@ -29,8 +29,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(home: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, Path, int]]:
-    """The URL, log file and process id of the app serving the tiny random model from ``home``."""
+def running_app(
+    home: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+) -> Iterator[tuple[str, Path, int]]:
+    """The URL, log file and process id of the app serving the tiny random model from ``home``.
+
+    ``args`` come last, so they override (``["--checkpoint", PATH]`` serves that checkpoint instead).
+    """
     port = _free_port()
     env = {
         **os.environ,
@@ -44,7 +49,7 @@ def running_app(home: Path, env: dict[str, str] | None = None) -> Iterator[tuple
     log_path = home / "app.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [*cmd, "--checkpoint", ""], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [*cmd, "--checkpoint", "", *(args or [])], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
             url = f"http://127.0.0.1:{port}"

@@ -71,11 +71,17 @@ def show_gallery(runs, run_name, class_name):
 
 
 def build(served: ServedModels | None = None, state: gr.State | None = None) -> DashboardTab:
-    bundled = {run.name: run for run in dash.bundled_runs()}
+    found = dash.bundled_runs()
+    bundled = {run.name: run for run in found}
+    ablation, _ = dash.read_ablation()
+    capnet_row = (served.ablation_row if served else None) or (ablation.shipped if ablation else None)
     runs = gr.State()
     with gr.Row():
         chosen = gr.CheckboxGroup(
-            list(bundled), value=list(bundled)[:2], label="Bundled reports", elem_id="bundled"
+            list(bundled),
+            value=dash.default_selection(found, capnet_row),
+            label="Bundled reports",
+            elem_id="bundled",
         )
         uploads = gr.File(
             label="…or upload a report: a zip of report.json, scores.csv and its images (or the two files)",
@@ -88,6 +94,10 @@ def build(served: ServedModels | None = None, state: gr.State | None = None) -> 
     with gr.Row():
         bars = gr.Plot(label="mAP by group", elem_id="dash-bars")
         scatter = gr.Plot(label="AP against training count", elem_id="dash-scatter")
+    if ablation is not None:
+        with gr.Accordion("Synth-LT ablation: every row", open=True):
+            gr.Markdown(ablation.caption, elem_id="ablation-caption")
+            gr.Plot(dash.ablation_figure(ablation), label="Synth-LT ablation", elem_id="ablation-plot")
     table = gr.Dataframe(
         value=pd.DataFrame(columns=TABLE_COLUMNS),
         label="Per-class results (click a header to sort)",

@@ -8,12 +8,19 @@ from functools import partial
 import gradio as gr
 
 from app import text
-from app.graph_view import build_graph, cooccurrence_view, network_figure, similarity_heatmaps, stats_markdown
-from app.label_sources import CHECKPOINT, counts_for, label_sources, labels_for
+from app.graph_view import (
+    build_graph,
+    counts_view,
+    graph_difference,
+    network_figure,
+    similarity_heatmaps,
+    stats_markdown,
+    training_cooccurrence,
+)
+from app.label_sources import counts_for, label_sources, labels_for
 from app.limits import MAX_TOPK
 from app.models import ServedModels
 from app.predict import zero_shot_model
-from app.splits import official_training_labels
 
 
 @dataclass
@@ -45,27 +52,27 @@ def run_graph(served: ServedModels, source, custom, mode, topk, threshold, p, co
     except ValueError as exc:
         return text.error(f"Labels: {text.md(exc)}"), None, "", hidden, hidden
     names = list(labels)
-    feats = zero_shot_model(served, labels).text_features
+    trained = served.trained_for(labels)
+    # The checkpoint's own text features (its templates) for its classes: the graph its GCN was built on.
+    feats = (trained or zero_shot_model(served, labels)).text_features
     graph = build_graph(feats, names, mode, topk, threshold, p)
     counts = counts_for(served, source)
     fig = network_figure(graph, counts, "CLIP text-embedding graph")
     stats = stats_markdown(graph, "text-embedding graph")
     cooc_fig = hidden
     if compare:
-        train_labels = official_training_labels(source)
-        if train_labels is None:
-            stats += "<br>" + text.error(
-                "No official long-tailed training labels on this machine for this label set: the "
-                "co-occurrence graph needs them (see README, data/ltsplits)."
-            )
+        train_counts, why = training_cooccurrence(served, source, names)
+        if train_counts is None:
+            stats += "<br>" + text.error(text.md(why))
         else:
-            cooc, cooc_counts, note = cooccurrence_view(train_labels, names, mode, topk, threshold, p)
+            cooc, cooc_counts, note = counts_view(train_counts, names, mode, topk, threshold, p)
             title = "co-occurrence graph of the long-tailed training set"
             cooc_fig = gr.update(value=network_figure(cooc, cooc_counts, title), visible=True)
             stats += "<br>" + stats_markdown(cooc, "co-occurrence graph") + "<br>" + note
+            stats += "<br>" + graph_difference(graph, cooc)
     heat = hidden
-    if served.trained is not None and source == CHECKPOINT:
-        heat = gr.update(value=similarity_heatmaps(served.trained), visible=True)
+    if trained is not None:
+        heat = gr.update(value=similarity_heatmaps(trained), visible=True)
     return "", fig, stats, cooc_fig, heat
 
 
@@ -84,12 +91,17 @@ def build(served: ServedModels, state: gr.State | None = None) -> GraphTab:
             topk = gr.Slider(0, MAX_TOPK, value=4, step=1, label="top-k neighbours", elem_id="topk")
             threshold = gr.Slider(0, 1, value=0.8, step=0.01, label="similarity threshold")
             p = gr.Slider(0, 1, value=0.2, step=0.05, label="p (mass spread to neighbours)")
-            compare = gr.Checkbox(label="Compare with the co-occurrence graph of the LT training set")
+            compare = gr.Checkbox(
+                label="Compare with the co-occurrence graph of the LT training set",
+                value="train_cooccurrence" in served.meta,
+                elem_id="compare",
+            )
         with gr.Column(scale=3):
             message = gr.Markdown()
             stats = gr.Markdown(elem_id="graph-stats")
-            plot = gr.Plot(label="Label graph", elem_id="graph-plot")
-            cooc = gr.Plot(label="Co-occurrence graph", visible=False, elem_id="cooc-plot")
+            with gr.Row():
+                plot = gr.Plot(label="Label graph", elem_id="graph-plot")
+                cooc = gr.Plot(label="Co-occurrence graph", visible=False, elem_id="cooc-plot")
             heat = gr.Plot(
                 label="Class similarity before / after the GCN", visible=False, elem_id="heat-plot"
             )

@@ -10,7 +10,8 @@ import gradio as gr
 import pandas as pd
 
 from app import text
-from app.label_sources import CHECKPOINT, counts_for, label_sources, labels_for
+from app.compare import ZERO_SHOT, models_for
+from app.label_sources import counts_for, label_sources, labels_for
 from app.limits import MAX_IMAGES, THRESHOLD_MAX, THRESHOLD_MIN
 from app.memory import release_soon
 from app.models import ServedModels
@@ -22,7 +23,6 @@ from app.predict import (
     read_uploads,
     samples_for,
     unique_names,
-    zero_shot_model,
 )
 
 TABLE_COLUMNS = ["image", "model", "label", "probability", "above"]
@@ -82,12 +82,8 @@ def run_predict(served: ServedModels, files, picked, source, custom, threshold, 
     if not images:
         return (text.error(text.md(" ".join(problems + ["Upload an image or pick a sample."]))), *empty)
     try:
-        models = {}
-        if source == CHECKPOINT and served.trained is not None:
-            models["CAPNET"] = served.trained
-        if tuned is not None and tuple(tuned.class_names) == labels:
-            models["fine-tuned"] = tuned
-        zero_shot = models["zero-shot"] = zero_shot_model(served, labels)
+        models = models_for(served, labels, tuned)
+        zero_shot = models[ZERO_SHOT]
         result = predict(models, images, tta=tta, counts=counts_for(served, source))
         shown = Shown(result, {name: _preview(image) for name, image in images})
     finally:
