@@ -18,6 +18,8 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 SYNTH_WEIGHTS = CHECKPOINTS_DIR / "capnet-synth.safetensors"
 # The shipped CAPNET trained on Synth-LT, served when no real CLIP weights can be had (load_served_models).
 SYNTH_LT_NAME = "capnet-synth-lt.safetensors"
+# The full method's Synth-LT model (with the GCN), shipped beside it; served with --checkpoint.
+SHIPPED_NAMES = (SYNTH_LT_NAME, "capnet-synth-lt-gcn.safetensors")
 GROUPS = ("total", "head", "medium", "tail")
 
 
@@ -74,9 +76,9 @@ def _is_checkpoint(path: Path) -> bool:
 
 
 def _newest_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint a user put there (trained, reproduced); the shipped Synth-LT one is not one."""
+    """The newest checkpoint a user put there (trained, reproduced); the shipped Synth-LT ones are not."""
     found = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return next((p for p in found if p.name != SYNTH_LT_NAME and _is_checkpoint(p)), None)
+    return next((p for p in found if p.name not in SHIPPED_NAMES and _is_checkpoint(p)), None)
 
 
 def claimed_map(meta: dict) -> dict[str, float]:
@@ -101,11 +103,8 @@ def checkpoint_banner(path: Path, served: ServedModels, offline: bool = False) -
         )
     on = "Synth-LT, the synthetic world's long-tailed benchmark" if "synth_lt" in meta else "synthetic scenes"
     lead = "**Offline: serving a trained CAPNET**" if offline else "**Serving a trained CAPNET**"
-    row = (
-        f" (the ablation's row {text.md(served.ablation_row)}, chosen on validation)"
-        if served.ablation_row
-        else ""
-    )
+    chosen = ", chosen on validation" if path.name == SYNTH_LT_NAME else ""
+    row = f" (the ablation's row {text.md(served.ablation_row)}{chosen})" if served.ablation_row else ""
     banner = (
         f"{lead} ({text.md(path.name)}, {trained.num_classes} classes), trained on {on}{row}, "
         f"on the tiny CLIP {backbone.config.name}, with zero-shot alongside."
