@@ -49,7 +49,8 @@ class Explanation:
         e = self.evidence
         lo, hi = float(e.grid.min()), float(e.grid.max())
         return (
-            f"**{text.md(e.class_name)}**: p = {e.probability:.3f} on the image shown ({text.md(model_name)}). "
+            f"**{text.md(e.class_name)}**: p = {e.probability:.3f} on the image shown "
+            f"({text.md(model_name)}). "
             f"Map: {text.md(MAP_MEANINGS[e.method])}, on a {e.grid.shape[0]}x{e.grid.shape[1]} grid; "
             f"colour bar from {lo:.3g} to {hi:.3g}."
         )

@@ -31,6 +31,7 @@ BENCHES = {
     "classes": "bench_classes.py",
     "memory": "bench_memory.py",
     "data": "bench_data.py",
+    "explain": "bench_explain.py",
 }
 TITLES = {
     "inference": "1. Inference: CapNet against bare open_clip",
@@ -38,6 +39,7 @@ TITLES = {
     "classes": "3. Scaling with the number of classes",
     "memory": "4. Memory",
     "data": "5. Data loading",
+    "explain": "6. Evidence maps against plain prediction",
 }
 
 
