@@ -31,7 +31,7 @@ CONFUSION_COLUMNS = [
 def eval_scores(run: Run) -> EvalScores:
     """The run's probabilities and labels (ValueError, one line, when its scores.csv cannot give them)."""
     if run.scores is None:
-        raise ValueError(run.scores_note or "no scores.csv")
+        raise ValueError((run.scores_note or "no scores.csv").replace(", so no gallery", ""))
     return scores_from(run.report, run.scores)
 
 
