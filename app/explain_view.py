@@ -72,7 +72,8 @@ def graph_markdown(attribution: GraphAttribution | None, absent: str | None) -> 
         return head + "<br>No neighbour in the label graph: no edge moved it."
     lines = [f"- {text.md(line)}" for line in a.lines()[:EXPLAIN_EDGES]]
     if len(a.edges) > EXPLAIN_EDGES:
-        lines.append(f"- and {len(a.edges) - EXPLAIN_EDGES} smaller changes")
+        rest = len(a.edges) - EXPLAIN_EDGES
+        lines.append(f"- and {rest} smaller change{'s' if rest > 1 else ''}")
     return head + " Removing one neighbour's edge, largest change first:\n\n" + "\n".join(lines)
 
 

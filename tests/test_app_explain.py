@@ -215,3 +215,42 @@ def test_unusable_scores_give_one_line_and_no_plots(run):
     assert "no failure patterns" in note and "not a number" in note and "\n" not in note
     none = Run("n", report.report, None, AssetFiles(), "no scores.csv, so no gallery")
     assert failure_view.patterns(none, "tail")[0] == "**n**: no failure patterns (no scores\\.csv)"
+
+
+# ------------------------------------------------------------------------------------- the bounds
+
+
+def test_the_graph_lines_stop_at_explain_edges():
+    from capnet.explain import EdgeEffect, GraphAttribution
+
+    def shown(n: int) -> list[str]:
+        edges = [EdgeEffect(f"c{i}", 0.5, 1.0 / (i + 1)) for i in range(n)]
+        markdown = view.graph_markdown(GraphAttribution("x", 0.1, 0.2, 0.3, edges), None)
+        return [line for line in markdown.splitlines() if line.startswith("- ")]
+
+    assert len(shown(EXPLAIN_EDGES)) == EXPLAIN_EDGES and "smaller" not in shown(EXPLAIN_EDGES)[-1]
+    over = shown(EXPLAIN_EDGES + 1)
+    assert len(over) == EXPLAIN_EDGES + 1 and over[-1] == "- and 1 smaller change"
+    assert over[0] == "- rose by 1 because of \\`c0\\`"
+
+
+def test_pr_curves_stop_at_max_pr_classes_and_curve_points():
+    from app.limits import CURVE_POINTS, MAX_PR_CLASSES
+    from capnet.failures import EvalScores
+
+    rng = np.random.default_rng(2)
+    n, c = 3 * CURVE_POINTS, MAX_PR_CLASSES + 1
+    labels = (rng.random((n, c)) < 0.3).astype(int)
+    probs = rng.random((n, c))
+    names = [f"class {i}" for i in range(c)]
+    scores = EvalScores(names, ["tail"] * c, np.ones(c), [str(i) for i in range(n)], probs, labels)
+    fig = failure_view.pr_figure(scores, None)
+    assert len(fig.data) == MAX_PR_CLASSES
+    ap = [average_precision_score(labels[:, j], probs[:, j]) for j in range(c)]
+    best = names[int(np.argmax(ap))]  # the one left out: the lowest-AP classes are drawn
+    assert not any(trace.name.startswith(f"{best} (") for trace in fig.data)
+    first = fig.data[0]
+    j = names.index(first.name.split(" (")[0])
+    precision, recall, _ = precision_recall_curve(labels[:, j], probs[:, j])
+    assert len(precision) > CURVE_POINTS and len(first.x) == CURVE_POINTS
+    assert (first.x[0], first.x[-1]) == (recall[0], recall[-1]) and first.y[-1] == precision[-1]
