@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,12 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(
-    home: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()
+    home: Path, env: dict[str, str] | None = None, args: list[str] | None = None
 ) -> Iterator[tuple[str, Path, int]]:
-    """The URL, log file and process id of the app serving the tiny random model from ``home`` (``args``:
-    more flags of app.py, e.g. ``--checkpoint PATH``)."""
+    """The URL, log file and process id of the app serving the tiny random model from ``home``.
+
+    ``args`` come last, so they override (``["--checkpoint", PATH]`` serves that checkpoint instead).
+    """
     port = _free_port()
     env = {
         **os.environ,
@@ -47,7 +49,7 @@ def running_app(
     log_path = home / "app.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [*cmd, "--checkpoint", "", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [*cmd, "--checkpoint", "", *(args or [])], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
             url = f"http://127.0.0.1:{port}"
