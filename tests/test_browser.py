@@ -295,9 +295,9 @@ def test_clicking_a_gallery_image_shows_its_map_and_patterns_filter_to_the_tail(
     expect(page.locator("#gallery-explain-class input")).to_have_value(failing)
     expect(page.locator("#pattern-pr .plot-container")).to_be_visible()
     expect(page.locator("#pattern-reliability")).to_contain_text("tail (ECE")
-    report = json.loads(
-        (ROOT / "assets" / "reports" / "synth-lt-capnet-text-graph" / "report.json").read_text()
-    )
+    run = page.locator("#gallery-run input").input_value()  # the bundled report the tab opened on
+    reports = [json.loads(p.read_text()) for p in (ROOT / "assets" / "reports").glob("*/report.json")]
+    report = next(r for r in reports if r.get("name") == run)
     tail = [row["class"] for row in report["per_class"] if row["group"] == "tail"]
     page.locator("#pattern-group").get_by_label("tail", exact=True).check()
     expect(page.locator("#pattern-note")).to_contain_text(f"{len(tail)} classes (tail)")
