@@ -344,7 +344,13 @@ def _thumbnail(run: Run, raw: str) -> Image.Image | None:
 
 
 def failures(run: Run, class_name: str, k: int = 6) -> tuple[list[tuple[Image.Image, str]], str]:
-    """Worst false negatives (positives scored lowest) and false positives (negatives scored highest).
+    """Worst false negatives (positives scored lowest) and false positives (negatives scored highest)."""
+    cases, note = failure_cases(run, class_name, k)
+    return [(image, caption) for image, caption, _ in cases], note
+
+
+def failure_cases(run: Run, class_name: str, k: int = 6) -> tuple[list[tuple[Image.Image, str, str]], str]:
+    """``failures``' images and captions with the path each came from (the evidence map reads it again).
 
     Images come only from the run's own files (its zip, or the bundled assets/): a path pointing
     anywhere else counts as an image not in the report and is never opened.
@@ -372,7 +378,7 @@ def failures(run: Run, class_name: str, k: int = 6) -> tuple[list[tuple[Image.Im
                 continue
             wrong = (row[p] < threshold) if kind == "missed" else (row[p] >= threshold)
             caption = f"{kind}{'' if wrong else ' (ranked low)'}: {row['image_id']} p={row[p]:.2f}"
-            items.append((image, caption))
+            items.append((image, caption, str(row["path"])))
     note = f"{len(pos)} lowest-scored positives and {len(neg)} highest-scored negatives of '{class_name}'"
     if unscored:
         note += f"; {unscored} row(s) without a usable score or label skipped"

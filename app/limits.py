@@ -28,5 +28,13 @@ MAX_TOPK = 10
 MAX_REPORT_BYTES = 20_000_000  # report.json and scores.csv
 MAX_REPORTS = 8  # reports shown side by side
 
+# Why did it miss? (evidence maps in Predict and the failure gallery, failure patterns in the dashboard)
+EXPLAIN_SIDE = 320  # pixels per side of the view and overlay shown (the map itself is the model's grid)
+EXPLAIN_GRID = 6  # cells per side of the occlusion map (grid * grid forward passes per click)
+EXPLAIN_EDGES = 10  # neighbours listed in a graph attribution, the largest changes first
+MAX_PR_CLASSES = 40  # precision-recall curves drawn at once (filter to a group for the others)
+CURVE_POINTS = 200  # points kept per precision-recall curve
+CONFUSION_K = 10  # highest-scored negatives / lowest-scored positives looked at per class
+
 # Disk: Gradio's cache of uploads and outputs is swept every hour of files older than an hour.
 CACHE_SWEEP = (3600, 3600)

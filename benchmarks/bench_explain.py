@@ -3,7 +3,7 @@
 Side by side in one run, interleaved: ``CapNet.predict`` on a batch against ``capnet.explain.fast_maps``
 on the same batch (one tower pass with a hook, plus the last block's value path for every class), and,
 for scale, the occlusion map of one image (``grid x grid`` occluded copies) against predicting it.
-Not part of run_all.py: run it by hand, ``python benchmarks/bench_explain.py [--quick]``.
+Part of ``make bench`` (run_all.py); alone: ``python benchmarks/bench_explain.py [--quick]``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ BENCHES = {
     "classes": "bench_classes.py",
     "memory": "bench_memory.py",
     "data": "bench_data.py",
+    "explain": "bench_explain.py",
 }
 TITLES = {
     "inference": "1. Inference: CapNet against bare open_clip",
@@ -38,6 +39,7 @@ TITLES = {
     "classes": "3. Scaling with the number of classes",
     "memory": "4. Memory",
     "data": "5. Data loading",
+    "explain": "6. Evidence maps against plain prediction",
 }
 
 
@@ -123,9 +125,12 @@ def write_markdown(summary: dict, path: Path) -> None:
             lines += ["This benchmark failed; see the console output.", ""]
             continue
         started = result["machine"]
+        elsewhere = (started.get("cpu"), started.get("git")) != (m.get("cpu"), m.get("git"))
+        where = f" on {started.get('cpu')} at commit {started.get('git') or 'n/a'}" if elsewhere else ""
         lines += [
-            f"Started {started['date']}, load average {fmt(started.get('load_average'))}, CPU pressure "
-            f"{fmt(started.get('cpu_pressure_avg10'))} %, torch threads {started['torch_threads']}.",
+            f"Started {started['date']}{where}, load average {fmt(started.get('load_average'))}, "
+            f"CPU pressure {fmt(started.get('cpu_pressure_avg10'))} %, "
+            f"torch threads {started['torch_threads']}.",
             "",
         ]
         for title, rows in result["tables"].items():
@@ -169,12 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": {},
     }
     previous = out / "results.json"
+    old: dict = {}
+    kept: dict = {}
     if args.only and previous.is_file():
         # --only updates those sections of an earlier run and keeps the others (each says when it ran).
         old = json.loads(previous.read_text())
         if old.get("quick") == args.quick:
             for key in ("commands", "durations_s", "benchmarks"):
                 summary[key] = {k: v for k, v in old.get(key, {}).items() if k not in names}
+            # The header stays the full run's; a section run later names its own machine and commit.
+            kept = {k: v for k, v in old.get("benchmarks", {}).items() if k not in names}
+            if kept:
+                summary["machine"], summary["load_before"] = old["machine"], old.get("load_before")
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="capnet-bench-json-") as tmp:
         for name in names:
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[key] = {n: summary[key][n] for n in order if n in summary[key]}
     summary["total_s"] = round(sum(summary["durations_s"].values()), 1)
     summary["wall_s"] = round(time.perf_counter() - began, 1)
-    summary["load_after"] = load_average()
+    summary["load_after"] = old.get("load_after") if kept else load_average()
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     write_markdown(summary, out / "results.md")
     print(f"\nwrote {out / 'results.md'} and {out / 'results.json'} ({summary['total_s'] / 60:.1f} min)")

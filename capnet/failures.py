@@ -59,18 +59,30 @@ def load_scores(report_dir: str | Path) -> EvalScores:
         raise ValueError(
             f"unreadable evaluation report in {folder.name} ({exc.__class__.__name__})"
         ) from None
+    return scores_from(report, table)
+
+
+def scores_from(report: dict, table: pd.DataFrame) -> EvalScores:
+    """The scores of a report already read (the app reads reports from zips as well as folders)."""
     names = [str(n) for n in report.get("class_names", [])]
     rows = {str(r.get("class")): r for r in report.get("per_class", [])}
     missing = [n for n in names if n not in rows or f"p:{n}" not in table or f"y:{n}" not in table]
     if not names or missing:
         raise ValueError(f"the report and its scores disagree about the classes (e.g. {missing[:3]})")
+    try:
+        probs = table[[f"p:{n}" for n in names]].to_numpy(dtype=np.float64)
+        labels = table[[f"y:{n}" for n in names]].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("scores.csv holds a probability or label that is not a number") from None
+    if not (np.isfinite(probs).all() and np.isin(labels, (0, 1)).all()):
+        raise ValueError("scores.csv holds a missing probability, or a label other than 0 or 1")
     return EvalScores(
         class_names=names,
         groups=[str(rows[n]["group"]) for n in names],
         train_counts=np.array([int(rows[n]["train_count"]) for n in names]),
         image_ids=table["image_id"].astype(str).tolist(),
-        probs=table[[f"p:{n}" for n in names]].to_numpy(dtype=np.float64),
-        labels=table[[f"y:{n}" for n in names]].to_numpy(dtype=np.int64),
+        probs=probs,
+        labels=labels.astype(np.int64),
     )
 
 

@@ -266,3 +266,93 @@ def test_bad_inputs_show_a_message_and_the_app_stays_up(page, tmp_path):
     page.get_by_label("coffee").check()
     page.locator("#predict").click()
     expect(page.locator("#message")).to_contain_text("1 image(s), 20 labels")
+
+
+def test_clicking_the_predicted_image_shows_its_evidence_map(page):
+    page.get_by_label("chelsea").check()
+    page.locator("#predict").click()
+    expect(page.locator("#message")).to_contain_text("1 image(s), 20 labels")
+    expect(page.locator("#explain-map img")).to_have_count(0)
+    page.locator("#predict-image img").click()
+    expect(page.locator("#explain-map img")).to_be_visible()
+    expect(page.locator("#explain-view img")).to_be_visible()
+    top = page.locator("#explain-class input").input_value()
+    # the top class of the ranked labels: the first label of the table, which lists them most probable first
+    listed = page.locator("#table").inner_text()
+    assert top == min((n for n in VOC_CLASSES if n in listed), key=listed.index)
+    expect(page.locator("#explain-summary")).to_contain_text(re.compile(rf"{top}: p = 0\.\d{{3}}"))
+    expect(page.locator("#explain-graph")).to_contain_text("needs a trained CAPNET model")
+    other = next(name for name in ("horse", "dog") if name != top)
+    page.locator("#explain-class input").click()
+    page.get_by_role("option", name=other, exact=True).click()
+    expect(page.locator("#explain-summary")).to_contain_text(f"{other}: p = ")
+    _shot(page, "explain-predict")
+
+
+def test_clicking_a_gallery_image_shows_its_map_and_patterns_filter_to_the_tail(page):
+    _tab(page, "Head vs tail")
+    expect(page.locator("#gallery img").first).to_be_visible()
+    failing = page.locator("#gallery-class input").input_value()
+    page.locator("#gallery img").first.click()
+    expect(page.locator("#gallery-explain-map img")).to_be_visible()
+    expect(page.locator("#gallery-explain-summary")).to_contain_text(f"{failing}: p = ")
+    expect(page.locator("#gallery-explain-class input")).to_have_value(failing)
+    expect(page.locator("#pattern-pr .plot-container")).to_be_visible()
+    expect(page.locator("#pattern-reliability")).to_contain_text("tail (ECE")
+    run = page.locator("#gallery-run input").input_value()  # the bundled report the tab opened on
+    reports = [json.loads(p.read_text()) for p in (ROOT / "assets" / "reports").glob("*/report.json")]
+    report = next(r for r in reports if r.get("name") == run)
+    tail = [row["class"] for row in report["per_class"] if row["group"] == "tail"]
+    page.locator("#pattern-group").get_by_label("tail", exact=True).check()
+    expect(page.locator("#pattern-note")).to_contain_text(f"{len(tail)} classes (tail)")
+    table = page.locator("#pattern-confusions")
+    expect(table).to_contain_text(tail[0])
+    assert re.search(r"\b(head|medium)\b", table.inner_text()) is None  # the group column: tail only
+    expect(page.locator("#pattern-reliability")).not_to_contain_text("head (ECE")
+    _shot(page, "explain-gallery")
+
+
+@pytest.fixture
+def capnet_checkpoint(tmp_path):
+    """A CAPNET checkpoint of the tiny architecture whose GCN is far from zero, as training leaves it."""
+    import torch
+
+    from capnet.backbone import load_backbone
+    from capnet.checkpoint import save_checkpoint
+    from capnet.model import CapNet
+
+    backbone = load_backbone(name="capnet-tiny", pretrained=None, device="cpu", init_seed=0)
+    model = CapNet(backbone, ["cat", "dog", "horse", "person", "car", "bicycle"]).eval()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in model.gcn.layers:
+            layer.linear.weight.copy_(torch.randn(layer.linear.weight.shape, generator=generator) * 0.3)
+    return save_checkpoint(model, tmp_path / "capnet.safetensors", {"class_freq": [90, 60, 40, 20, 9, 4]})
+
+
+def test_a_capnet_checkpoint_shows_its_graph_attribution_beside_the_map(browser, capnet_checkpoint, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    with running_app(home, args=["--checkpoint", str(capnet_checkpoint)]) as (url, log, _pid):
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(url)
+            expect(page.locator("#banner")).to_contain_text("capnet.safetensors")
+            page.get_by_label("astronaut").check()
+            page.locator("#predict").click()
+            expect(page.locator("#message")).to_contain_text("models: CAPNET, zero-shot")
+            page.locator("#predict-image img").click()
+            expect(page.locator("#explain-map img")).to_be_visible()
+            expect(page.locator("#explain-model input")).to_have_value("CAPNET")
+            graph = page.locator("#explain-graph")
+            expect(graph).to_contain_text("with the full graph")
+            expect(graph).to_contain_text(re.compile(r"(rose|fell) by [\d.e-]+ because of `\w+`"))
+            page.wait_for_timeout(300)
+            _shot(page, "explain-capnet")
+        except Exception:
+            print(f"--- the app's log ---\n{log.read_text()[-4000:]}")
+            raise
+        finally:
+            context.close()

@@ -310,3 +310,27 @@ def test_the_benchmark_reports_its_ratios(tmp_path):
     assert set(result["ratios"]) == {"fast_map_ratio[capnet-tiny]", "occlusion_ratio[capnet-tiny]"}
     assert all(v > 0 for v in result["ratios"].values()) and len(result["targets"]) == 1
     json.dumps(result)
+
+
+def test_a_forward_pass_in_another_thread_does_not_leak_into_a_map(tiny_backbone, monkeypatch):
+    """The app serves one model to several requests at once: another thread's pass through the tower,
+    while this one's hook is in place, must not become this map's tokens."""
+    import threading
+
+    from capnet.explain import dense_features
+
+    model = _model(tiny_backbone())
+    x, other = _images(model, 2, seed=1), _images(model, 3, seed=2)
+    alone = dense_features(model, x)
+    encode = model.encode_image
+
+    def encode_then_another_request(images):
+        out = encode(images)
+        thread = threading.Thread(target=lambda: encode(other))  # after ours, before the hook is removed
+        thread.start()
+        thread.join()
+        return out
+
+    monkeypatch.setattr(model, "encode_image", encode_then_another_request)
+    busy = dense_features(model, x)
+    torch.testing.assert_close(busy.tokens, alone.tokens)

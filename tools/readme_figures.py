@@ -114,7 +114,37 @@ def figures(results: dict) -> list[tuple[str, str, str]]:
             f"{num(memory['app_prediction_peak_rss_mb[ViT-B-16]'] / MIB_PER_GIB)} GiB",
             "",
         ),
+        *explain_rows(results),
     ]
+
+
+def explain_rows(results: dict) -> list[tuple[str, str, str]]:
+    if "explain" not in results["benchmarks"]:
+        return []
+    return [
+        (
+            "evidence map: fast map / plain prediction (batch 8, 80 classes); "
+            "8 x 8 occlusion map / one prediction",
+            f"{per_model(ratio(results, 'explain', 'fast_map_ratio'))}; "
+            f"{per_model(ratio(results, 'explain', 'occlusion_ratio'))}",
+            target_of(results, "explain", "fast map"),
+        )
+    ]
+
+
+def later_sections(results: dict) -> str:
+    """Sections re-run after the full run (``run_all.py --only``), each with its own commit and date."""
+    m = results["machine"]
+    later = []
+    for name, bench in results["benchmarks"].items():
+        b = (bench or {}).get("machine")
+        if b and (b.get("git"), b["date"][:10]) != (m.get("git"), m["date"][:10]):
+            later.append(
+                f" The {name} section was run later, at commit {b.get('git')} on {b['date'][:10]} "
+                f"({b['cpu']}, {b['torch_threads']} torch thread(s), load average "
+                f"{b['load_average'][0]:.1f} at its start)."
+            )
+    return "".join(later)
 
 
 def render(results: dict) -> str:
@@ -126,7 +156,8 @@ def render(results: dict) -> str:
         f"Figures of `benchmarks/results.json`: `make bench` at commit {m['git']} on {m['date'][:10]}, "
         f"{m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads), torch {v['torch']}, "
         f"open_clip {v['open_clip']}, device {m['device']}; load average {load} at the start; "
-        f"{results['total_s'] / 60:.1f} minutes in all (full tables in `benchmarks/results.md`).",
+        f"{results['total_s'] / 60:.1f} minutes in all (full tables in `benchmarks/results.md`)."
+        + later_sections(results),
         "",
         "| what | figure | target |",
         "|---|---|---|",

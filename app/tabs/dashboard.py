@@ -9,8 +9,9 @@ import gradio as gr
 import pandas as pd
 
 from app import dashboard as dash
-from app import text
+from app import failure_view, text
 from app.models import ServedModels
+from app.tabs.explain import attach_to_gallery
 
 TABLE_COLUMNS = ["run", "class", "train_count", "group", "test_positives", "ap_single"]
 
@@ -64,10 +65,18 @@ def show_reports(bundled: dict[str, dash.Run], chosen, uploads):
 
 
 def show_gallery(runs, run_name, class_name):
+    """Returns (gallery, note, the path of each gallery image)."""
     run = next((r for r in runs or [] if r.name == run_name), None)
     if run is None or not class_name:
-        return [], ""
-    return dash.failures(run, class_name)
+        return [], "", []
+    cases, note = dash.failure_cases(run, class_name)
+    return [(image, caption) for image, caption, _ in cases], note, [raw for _, _, raw in cases]
+
+
+def show_patterns(runs, run_name, choice):
+    """Returns (note, precision-recall curves, reliability diagram, confusion table)."""
+    run = next((r for r in runs or [] if r.name == run_name), None)
+    return failure_view.patterns(run, choice)
 
 
 def build(served: ServedModels | None = None, state: gr.State | None = None) -> DashboardTab:
@@ -117,7 +126,26 @@ def build(served: ServedModels | None = None, state: gr.State | None = None) -> 
     handler = partial(show_reports, bundled)
     outputs = [message, bars, scatter, table, run_choice, class_choice, runs]
     load.click(handler, [chosen, uploads], outputs, api_name="reports")
-    gallery_io = ([runs, run_choice, class_choice], [gallery, note])
+    cases = gr.State()
+    gallery_io = ([runs, run_choice, class_choice], [gallery, note, cases])
     class_choice.change(show_gallery, *gallery_io, api_name="gallery")
     run_choice.change(show_gallery, *gallery_io, api_name=False)
+    attach_to_gallery(served, runs, run_choice, class_choice, gallery, cases)
+    gr.Markdown("### Failure patterns of the chosen run")
+    group = gr.Radio(
+        list(failure_view.FILTERS), value=failure_view.ALL, label="Classes", elem_id="pattern-group"
+    )
+    pattern_note = gr.Markdown(elem_id="pattern-note")
+    with gr.Row():
+        curves = gr.Plot(label="Precision-recall per class", elem_id="pattern-pr")
+        diagram = gr.Plot(label="Reliability by class group", elem_id="pattern-reliability")
+    confused = gr.Dataframe(
+        value=pd.DataFrame(columns=failure_view.CONFUSION_COLUMNS),
+        label="What each class is confused with (highest-scored negatives) and what its misses show",
+        max_height=300,
+        elem_id="pattern-confusions",
+    )
+    pattern_io = ([runs, run_choice, group], [pattern_note, curves, diagram, confused])
+    run_choice.change(show_patterns, *pattern_io, api_name=False)
+    group.change(show_patterns, *pattern_io, api_name=False)
     return DashboardTab(handler, [chosen, uploads], outputs)

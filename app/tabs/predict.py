@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from app.predict import (
     samples_for,
     unique_names,
 )
+from app.tabs.explain import attach_to_predict
 
 TABLE_COLUMNS = ["image", "model", "label", "probability", "above"]
 PREVIEW_SIDE = 384
@@ -41,6 +42,7 @@ class Shown:
 
     result: Prediction
     previews: dict
+    models: dict = field(default_factory=dict)  # name -> CapNet, for the evidence maps
 
 
 def empty_table() -> pd.DataFrame:
@@ -85,7 +87,7 @@ def run_predict(served: ServedModels, files, picked, source, custom, threshold, 
         models = models_for(served, labels, tuned)
         zero_shot = models[ZERO_SHOT]
         result = predict(models, images, tta=tta, counts=counts_for(served, source))
-        shown = Shown(result, {name: _preview(image) for name, image in images})
+        shown = Shown(result, {name: _preview(image) for name, image in images}, models)
     finally:
         del images
         release_soon()
@@ -145,6 +147,7 @@ def build(served: ServedModels, tuned: gr.State) -> PredictTab:
                     label="Image", type="pil", interactive=False, elem_id="predict-image", height=320
                 )
                 plot = gr.Plot(label="Ranked labels", elem_id="predict-plot")
+            attach_to_predict(state, which, image)
             table = gr.Dataframe(
                 value=empty_table(), label="All probabilities", elem_id="table", max_height=300
             )

@@ -30,6 +30,7 @@ Two maps, one fast and one slow, so that each can be checked against the other:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,7 +160,13 @@ def dense_features(model: CapNet, images: torch.Tensor, *, mode: str = "value") 
     visual = model.clip.visual
     target, project = _value_path(visual, mode)
     kept: list[torch.Tensor] = []
-    handle = target.register_forward_pre_hook(lambda _module, args: kept.append(args[0]))
+    me = threading.get_ident()  # a server may run the same model in another thread meanwhile: not ours
+
+    def keep(_module: nn.Module, args: tuple) -> None:
+        if threading.get_ident() == me:
+            kept.append(args[0])
+
+    handle = target.register_forward_pre_hook(keep)
     try:
         image = model.encode_image(images)
     finally:
