@@ -12,6 +12,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from capnet.backbone import load_backbone
 from capnet.model import CapNet
@@ -33,6 +34,7 @@ from capnet.world.pretrain import (
     scene_tensor,
     zero_shot_map,
 )
+from capnet.world.pretrain import main as pretrain_main
 from capnet.world.scenes import SCENE_CLASSES, natural_probs, scene_batch, scenes
 
 # Zero-shot mAP of the shipped weights on scenes 0..199 of the test stream (seed 12345, the five
@@ -233,3 +235,29 @@ def test_contrastive_training_is_reproducible_and_saves_loadable_weights(tmp_pat
     assert zero_shot_map(a, n=40)["total"] == pytest.approx(result["total"], abs=0.05)
     with pytest.raises(ValueError, match="not scene classes"):
         zero_shot_map(CapNet(backbone, ["cat"], zero_shot=True), n=10)
+
+
+def test_a_snapshot_is_the_run_stopped_there(tmp_path):
+    """The shipped weights are a snapshot (--save-at) of a longer run; `make pretrain` reproduces them with
+    --max-steps. Both ways must give the same tensors, validation passes in between included."""
+    common = ["--steps", "50", "--batch-size", "8", "--warmup", "2", "--model", "capnet-tiny"]
+    common += ["--threads", "1", "--workers", "0", "--eval-n", "10", "--no-progress"]
+    a_args = ["--out", str(tmp_path / "a.safetensors"), "--max-steps", "3", "--eval-every", "0"]
+    b_args = [
+        "--out",
+        str(tmp_path / "b.safetensors"),
+        "--max-steps",
+        "4",
+        "--save-at",
+        "3",
+        "--eval-every",
+        "2",
+    ]
+    assert pretrain_main(a_args + common) == 0 and pretrain_main(b_args + common) == 0
+    a = load_file(str(tmp_path / "a.safetensors"))
+    b = load_file(str(tmp_path / "b-step3.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    snapshot = read_pretrain_metadata(tmp_path / "b-step3.safetensors")
+    assert snapshot["snapshot_step"] == 3 and "--max-steps 3" in snapshot["reproduce"]
+    after = load_file(str(tmp_path / "b.safetensors"))  # the run went on past the snapshot
+    assert any(not torch.equal(a[k], after[k]) for k in a)
