@@ -39,12 +39,21 @@ MODULES: dict[str, list[str]] = {
     "capnet/gcn.py": ["tests/test_gcn.py"],
     "capnet/prompts.py": ["tests/test_prompts.py", "tests/test_class_sampling.py"],  # class_chunk, subsets
     "capnet/text.py": ["tests/test_model.py", "tests/test_tta.py"],
-    "capnet/images.py": ["tests/test_images.py"],
+    "capnet/images.py": [  # with the app's limit at its threshold and the reduced decoding
+        "tests/test_images.py",
+        "tests/test_app_limits.py::test_forty_megapixels_accepted_one_row_more_refused",
+        "tests/test_app_limits.py::test_large_images_are_reduced_while_decoding_to_what_the_model_needs",
+        "tests/test_app_limits.py::test_exif_rotation_survives_the_reduction",
+    ],
     "capnet/checkpoint.py": ["tests/test_checkpoint.py"],
-    "capnet/engine/state.py": ["tests/test_engine.py", "-k", "resume"],
+    "capnet/engine/state.py": [  # the state file on its own, then the end-to-end resumed runs
+        "tests/test_training_state.py",
+        "tests/test_engine.py::test_resume_continues_to_the_same_result",
+        "tests/test_engine.py::test_a_resumed_run_keeps_the_same_best_epoch",
+    ],
 }
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
-COPIED = ["capnet", "tests", "configs", "checkpoints"]
+COPIED = ["capnet", "app", "tests", "configs", "checkpoints"]  # app: the limits tests drive app.predict
 
 
 def module_key(module: str) -> str:
@@ -61,7 +70,7 @@ def prepare(module: str, tests: list[str]) -> Path:
     config = {
         "source_paths": ["capnet"],
         "only_mutate": [module],
-        "also_copy": ["configs", "checkpoints"],
+        "also_copy": ["app", "configs", "checkpoints"],
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q"],
         "pytest_add_cli_args_test_selection": tests,
         # torch is not fork-safe once its thread pool has run: fork workers from a clean server.
