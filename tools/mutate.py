@@ -38,7 +38,7 @@ MODULES: dict[str, list[str]] = {
     "capnet/graph.py": ["tests/test_graph.py"],
     "capnet/gcn.py": ["tests/test_gcn.py"],
     "capnet/prompts.py": ["tests/test_prompts.py", "tests/test_class_sampling.py"],  # class_chunk, subsets
-    "capnet/text.py": ["tests/test_model.py", "tests/test_tta.py"],
+    "capnet/text.py": ["tests/test_text.py", "tests/test_model.py", "tests/test_tta.py"],
     "capnet/images.py": [  # with the app's limit at its threshold and the reduced decoding
         "tests/test_images.py",
         "tests/test_app_limits.py::test_forty_megapixels_accepted_one_row_more_refused",
