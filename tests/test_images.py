@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from capnet.images import ImageError, load_image
+from capnet.images import ImageError, ImageTooLarge, load_image
 
 
 def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -102,7 +103,10 @@ def test_deep_greyscale_is_rescaled_from_its_own_range(kind):
 
 
 def test_a_flat_deep_greyscale_image_is_black():
-    out = load_image(_save(Image.fromarray(np.full((3, 5), 1234, dtype=np.uint16)), "PNG"))
+    data = _save(Image.fromarray(np.full((3, 5), 1234, dtype=np.uint16)), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by an empty range on the way
+        out = load_image(data)
     assert out.mode == "RGB" and np.asarray(out).tolist() == [[[0, 0, 0]] * 5] * 3
 
 
@@ -140,8 +144,12 @@ def test_jpeg_is_scaled_inside_the_decoder():
     assert reference.size == (1024, 550)
     out = load_image(data, min_side=512)
     assert np.array_equal(np.asarray(out), np.asarray(reference.convert("RGB")))
-    # Sides that are not multiples of the factor: the decoder rounds up (ceil(4801 / 4), ceil(2401 / 4)).
-    assert load_image(_noise_jpeg((4801, 2401)), min_side=512).size == (1201, 601)
+    # Sides that are not multiples of the factor: a quarter, rounded up (ceil(4801 / 4), ceil(2401 / 4)).
+    data = _noise_jpeg((4801, 2401))
+    reference = Image.open(io.BytesIO(data))
+    reference.draft("RGB", (1200, 600))
+    assert reference.size == (1201, 601)
+    assert np.array_equal(np.asarray(load_image(data, min_side=512)), np.asarray(reference.convert("RGB")))
 
 
 @pytest.mark.parametrize("mode", ["P", "1"])
@@ -168,3 +176,14 @@ def _error(source, **kwargs) -> ImageError:
     with pytest.raises(ImageError) as info:
         load_image(source, **kwargs)
     return info.value
+
+
+def test_pillows_own_bomb_guard_gives_the_same_one_line(monkeypatch):
+    # Pillow refuses, inside open(), images past twice its MAX_IMAGE_PIXELS; made small here to reach it.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    data = _save(Image.new("L", (100, 100)), "PNG")
+    with pytest.raises(Image.DecompressionBombError, match=r"\(10000 pixels\)"):
+        Image.open(io.BytesIO(data))
+    error = _error(data, name="bomb.png", max_pixels=1_000_000)
+    assert isinstance(error, ImageTooLarge)
+    assert str(error) == "bomb.png: too large (0.01 megapixels; at most 1 are allowed)"
