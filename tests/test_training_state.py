@@ -24,23 +24,28 @@ CLASSES = ["cat", "dog", "traffic light"]
 
 
 class CountingSGD(torch.optim.SGD):
-    """SGD with momentum that also keeps a plain number per parameter, as some optimisers do."""
+    """SGD that also keeps state of its own, as other optimisers do: a plain number for every parameter
+    and, in the first group, a running sum of gradients; state names may hold a slash."""
 
     def step(self, closure=None):
         loss = super().step(closure)
+        first = {id(p) for p in self.param_groups[0]["params"]}
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self.state[p]["steps"] = self.state[p].get("steps", 0) + 1
+                    self.state[p]["count/steps"] = self.state[p].get("count/steps", 0) + 1
+                    if id(p) in first:
+                        self.state[p]["sum/grad"] = self.state[p].get("sum/grad", 0) + p.grad.detach().clone()
         return loss
 
 
 def build(tiny_backbone):
-    """A tiny model, an optimiser over its trainable tensors (two groups) and a per-step schedule."""
+    """A tiny model, an optimiser over its trainable tensors in two groups (momentum in the first only,
+    so the second's state is plain numbers alone) and a per-step schedule."""
     model = CapNet(tiny_backbone(), CLASSES, ModelConfig(prompt=PromptConfig(n_ctx=2)))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = CountingSGD(
-        [{"params": trainable[:2], "weight_decay": 0.01}, {"params": trainable[2:]}], lr=0.1, momentum=0.9
+        [{"params": trainable[:2], "weight_decay": 0.01, "momentum": 0.9}, {"params": trainable[2:]}], lr=0.1
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
     return model, optimizer, scheduler
@@ -74,23 +79,25 @@ def test_the_file_holds_model_optimiser_and_extra_tensors_by_name(saved):
     params = dict(model.named_parameters())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
-    momentum = {
-        f"optim/{index[id(p)]}/momentum_buffer": state["momentum_buffer"]
+    state_tensors = {
+        f"optim/{index[id(p)]}/{key}": value
         for p, state in optimizer.state.items()
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
     }
-    assert len(momentum) == len(trainable)
+    assert set(state_tensors) == {f"optim/{i}/{k}" for i in (0, 1) for k in ("momentum_buffer", "sum/grad")}
     with safe_open(str(path), framework="pt") as f:
         names = set(f.keys())
-        assert names == {f"model/{n}" for n in trainable} | set(momentum) | set(kept)
+        assert names == {f"model/{n}" for n in trainable} | set(state_tensors) | set(kept)
         for n in trainable:
             assert torch.equal(f.get_tensor(f"model/{n}"), params[n].detach())
-        for name, value in {**momentum, **kept}.items():
+        for name, value in {**state_tensors, **kept}.items():
             assert torch.equal(f.get_tensor(name), value), name
         meta = json.loads(f.metadata()["capnet-train"])
     assert set(meta) == {"epoch", "optimizer", "scheduler", "kept", "identity"}
     assert meta["epoch"] == 4
     assert meta["kept"] == {"epoch": 2, "val_total": 0.25} and meta["identity"] == {"backbone": "capnet-tiny"}
-    assert meta["optimizer"]["scalars"] == {f"{i}/steps": 2 for i in range(len(trainable))}
+    assert meta["optimizer"]["scalars"] == {f"{i}/count/steps": 2 for i in range(len(trainable))}
     groups = optimizer.state_dict()["param_groups"]
     assert meta["optimizer"]["param_groups"] == json.loads(json.dumps(groups))
     assert [g["params"] for g in groups] == [[0, 1], list(range(2, len(trainable)))]
@@ -129,8 +136,13 @@ def test_a_restored_state_continues_exactly_like_the_original(saved, tiny_backbo
     assert got["state"].keys() == want["state"].keys()
     for i, slots in want["state"].items():
         assert got["state"][i].keys() == slots.keys()
-        assert got["state"][i]["steps"] == slots["steps"] == 2
-        assert torch.equal(got["state"][i]["momentum_buffer"], slots["momentum_buffer"])
+        assert got["state"][i]["count/steps"] == slots["count/steps"] == 2
+        for key in ("momentum_buffer", "sum/grad") if i < 2 else ():
+            assert torch.equal(got["state"][i][key], slots[key])
+    assert [set(slots) for i, slots in sorted(want["state"].items())][1:3] == [
+        {"momentum_buffer", "sum/grad", "count/steps"},
+        {"count/steps"},
+    ]
     assert fresh_sched.state_dict() == scheduler.state_dict()
     # Two more steps on each give the same tensors: momentum and learning rate came back, not only weights.
     train_steps(model, optimizer, scheduler, 2, seed=7)
