@@ -7,9 +7,20 @@ import pytest
 import torch
 from torch import nn
 
-from capnet.text import check_text_tower, encode_embedded, encode_tokens, eot_positions
+from capnet.text import check_text_tower, encode_embedded, encode_tokens, eot_positions, resolve_templates
 
 PROMPTS = ["a cat.", "a photo of a traffic light at night.", "dog", "an unusually long prompt " * 4, "x y"]
+
+
+def _tower(tiny_backbone) -> nn.Module:
+    """The tiny text tower with random attention biases: freshly built ones are zero, hiding a lost bias."""
+    clip = tiny_backbone().model.eval()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for block in clip.transformer.resblocks:
+            bias = block.attn.in_proj_bias
+            bias.copy_(torch.randn(bias.shape, generator=gen) * 0.5)
+    return clip
 
 
 def _tokens(backbone) -> torch.Tensor:
@@ -34,7 +45,7 @@ def test_eot_positions_are_where_the_end_of_text_token_is(tiny_backbone):
 
 @pytest.mark.parametrize("batch_size", [256, 2])
 def test_encode_tokens_matches_open_clip(tiny_backbone, batch_size):
-    clip = tiny_backbone().model.eval()
+    clip = _tower(tiny_backbone)
     tokens = _tokens(tiny_backbone())
     calls = _generic_calls(clip)
     with torch.no_grad():
@@ -46,7 +57,7 @@ def test_encode_tokens_matches_open_clip(tiny_backbone, batch_size):
 
 
 def test_encode_embedded_pools_at_the_given_positions(tiny_backbone):
-    clip = tiny_backbone().model.eval()
+    clip = _tower(tiny_backbone)
     tokens = _tokens(tiny_backbone())
     at = eot_positions(tokens).flip(0)  # each row pooled where another prompt ends
     with torch.no_grad():
@@ -62,7 +73,7 @@ def test_encode_embedded_pools_at_the_given_positions(tiny_backbone):
 
 @pytest.mark.parametrize("kind", ["linear", "none"])
 def test_every_kind_of_text_projection(tiny_backbone, kind):
-    clip = tiny_backbone().model.eval()
+    clip = _tower(tiny_backbone)
     tokens = _tokens(tiny_backbone())
     if kind == "linear":
         proj = clip.text_projection.detach()
@@ -83,7 +94,7 @@ def test_every_kind_of_text_projection(tiny_backbone, kind):
 def test_without_a_causal_mask_the_tower_sees_the_cut_sequence(tiny_backbone):
     # Bidirectional attention would see the padding that the cut removes, so the reference is open_clip's
     # tower run on the same cut sequence (causal towers do not need this: see the test above).
-    clip = tiny_backbone().model.eval()
+    clip = _tower(tiny_backbone)
     tokens = _tokens(tiny_backbone())
     clip.attn_mask = None
     length = int(eot_positions(tokens).max()) + 1
@@ -101,8 +112,10 @@ def _replace_attention(block, **kwargs) -> None:
     new = nn.MultiheadAttention(old.embed_dim, old.num_heads, batch_first=old.batch_first, **kwargs)
     with torch.no_grad():
         new.in_proj_weight.copy_(old.in_proj_weight)
-        new.in_proj_bias.copy_(old.in_proj_bias)
-        new.out_proj.load_state_dict(old.out_proj.state_dict())
+        new.out_proj.weight.copy_(old.out_proj.weight)
+        if new.in_proj_bias is not None:  # (without biases, the block computes another function)
+            new.in_proj_bias.copy_(old.in_proj_bias)
+            new.out_proj.bias.copy_(old.out_proj.bias)
         if new.bias_k is not None:
             new.bias_k.normal_()
             new.bias_v.normal_()
@@ -114,7 +127,7 @@ def _replace_attention(block, **kwargs) -> None:
     ["bias_kv", "zero_attn", "dropout", "sequence_first", "cross_attention", "other_block"],
 )
 def test_blocks_the_fast_path_cannot_compute_take_the_generic_path(tiny_backbone, change):
-    clip = tiny_backbone().model.eval()
+    clip = _tower(tiny_backbone)
     tokens = _tokens(tiny_backbone())
     last = clip.transformer.resblocks[-1]
     if change == "bias_kv":
@@ -160,7 +173,7 @@ class _Wrapped(nn.Module):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_towers_compute_in_their_own_dtype(tiny_backbone, dtype):
-    clip = tiny_backbone().model.eval()
+    clip = _tower(tiny_backbone)
     tokens = _tokens(tiny_backbone())
     with torch.no_grad():
         full = clip.encode_text(tokens)
@@ -185,3 +198,91 @@ def test_towers_that_are_not_clip_style_are_refused(tiny_backbone):
 
     with pytest.raises(NotImplementedError, match="^NoTokens: capnet needs a CLIP-style text tower"):
         check_text_tower(NoTokens())
+
+    class NoPoolType(nn.Module):
+        token_embedding = None
+
+    with pytest.raises(NotImplementedError, match="^NoPoolType: capnet needs a CLIP-style text tower"):
+        check_text_tower(NoPoolType())
+
+
+def test_attention_without_biases_stays_on_the_fast_path(tiny_backbone):
+    clip = _tower(tiny_backbone)
+    tokens = _tokens(tiny_backbone())
+    for block in clip.transformer.resblocks:
+        _replace_attention(block, bias=False)
+    clip.eval()
+    calls = _generic_calls(clip)
+    with torch.no_grad():
+        got = encode_tokens(clip, tokens)
+        assert calls[0] == 0
+        want = clip.encode_text(tokens)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_a_reduced_precision_transformer_under_full_precision_embeddings(tiny_backbone):
+    # Only the blocks (and what follows them) in bfloat16: the embeddings are cast to the blocks' dtype.
+    clip = _tower(tiny_backbone)
+    tokens = _tokens(tiny_backbone())
+    with torch.no_grad():
+        full = clip.encode_text(tokens)
+        for part in (clip.transformer, clip.ln_final):
+            part.to(torch.bfloat16)
+        clip.text_projection.data = clip.text_projection.data.to(torch.bfloat16)
+        assert clip.token_embedding.weight.dtype == clip.positional_embedding.dtype == torch.float32
+        got = encode_tokens(clip, tokens)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), full, atol=0.1 * full.abs().max().item(), rtol=0)
+
+
+class _OtherTransformer(nn.Module):
+    """A transformer of another kind: no resblocks or batch_first attribute, only a forward."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def get_cast_dtype(self) -> torch.dtype:
+        return self.inner.get_cast_dtype()
+
+    def forward(self, x, attn_mask=None):
+        return self.inner(x, attn_mask=attn_mask)
+
+
+class _NoAttn(nn.Module):
+    """A block without an ``attn`` attribute."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, attn_mask=None):
+        return self.inner(x, attn_mask=attn_mask)
+
+
+@pytest.mark.parametrize("change", ["other_transformer", "block_without_attn"])
+def test_unknown_parts_take_the_generic_path(tiny_backbone, change):
+    clip = _tower(tiny_backbone)
+    tokens = _tokens(tiny_backbone())
+    with torch.no_grad():
+        want = clip.encode_text(tokens)
+    if change == "other_transformer":
+        clip.transformer = _OtherTransformer(clip.transformer)
+    else:
+        clip.transformer.resblocks[-1] = _NoAttn(clip.transformer.resblocks[-1])
+    calls = _generic_calls(clip)
+    with torch.no_grad():
+        got = encode_tokens(clip, tokens)
+    assert calls[0] == 1
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_a_bad_template_is_named_in_the_message():
+    with pytest.raises(ValueError) as info:
+        resolve_templates(["a {}", "no slot", "{} and {}"])
+    assert (
+        str(info.value) == "each template needs exactly one '{}' for the class name: ['no slot', '{} and {}']"
+    )
+    with pytest.raises(ValueError) as info:
+        resolve_templates([])
+    assert str(info.value) == "each template needs exactly one '{}' for the class name: none given"
