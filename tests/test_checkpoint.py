@@ -443,3 +443,39 @@ def test_rebuild_without_its_weights_file_is_refused_unless_weights_are_named(tm
     _same_predictions(model_from_checkpoint(path, weights=str(moved)), model)
     monkeypatch.setenv(WEIGHTS_ENV, str(moved))
     _same_predictions(model_from_checkpoint(path), model)
+
+
+def test_a_checkpoint_keeps_its_own_model_config(tiny_backbone, tmp_path):
+    config = ModelConfig(prompt=PromptConfig(n_ctx=4))
+    model = make_trained(tiny_backbone, config=config)
+    path = save_checkpoint(model, tmp_path / "short.safetensors")
+    rebuilt = model_from_checkpoint(path, device="cpu").eval()
+    assert rebuilt.config.prompt.n_ctx == 4 and rebuilt.prompts.ctx.shape == model.prompts.ctx.shape
+    x = images(7)
+    torch.testing.assert_close(rebuilt.predict_logits(x), model.predict_logits(x), atol=1e-6, rtol=0)
+
+
+def test_another_pretrained_tag_is_refused(trained, tiny_backbone, tmp_path):
+    _, path = trained
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["capnet"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta["backbone"]["pretrained"] = " OpenAI "  # read as the tag it names
+    other = tmp_path / "tagged.safetensors"
+    save_file(tensors, str(other), metadata={"capnet": json.dumps(meta)})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(CapNet(tiny_backbone(), CLASSES), other)
+    assert str(info.value) == (
+        "tagged.safetensors was trained on backbone capnet-tiny (OpenAI), "
+        "but the model uses capnet-tiny (None)"
+    )
+
+
+def test_the_class_list_message_names_both_sides(trained, tiny_backbone):
+    _, path = trained
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(CapNet(tiny_backbone(), ["cat", "dog", "bird"]), path)
+    assert str(info.value) == (
+        "model.safetensors has a different class list (not in the model: ['traffic light']; not in the "
+        "checkpoint: ['bird']); the checkpoint's classes: ['cat', 'dog', 'traffic light']"
+    )
