@@ -214,8 +214,12 @@ def score(result: dict, equivalent: dict[str, str]) -> dict:
         "killed": killed,
         "equivalent": len(equal),
         "live": live,
-        "score": killed / relevant if relevant else 1.0,
+        "score": killed / relevant if relevant else (1.0 if checked else None),  # None: nothing checked
     }
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 def report(equivalent: dict[str, str]) -> str:
@@ -241,7 +245,7 @@ def report(equivalent: dict[str, str]) -> str:
         lines.append(
             f"| {r['module']} | {' '.join(r['tests'])} | {r['mutants']} | {c.get('killed', 0)} | "
             f"{c.get('timeout', 0)} | {c.get('survived', 0)} | {c.get('no tests', 0)} | {s['equivalent']} | "
-            f"{100 * s['score']:.1f} % | {r['seconds'] / 60:.0f} |"
+            f"{percent(s['score'])} | {r['seconds'] / 60:.0f} |"
         )
     if total_relevant:
         lines.append(f"| all | | | | | | | | {100 * total_killed / total_relevant:.1f} % | |")
@@ -278,7 +282,7 @@ def readme_block(equivalent: dict[str, str]) -> str:
     for r in results:
         s = score(r, equivalent)
         counts = f"{r['mutants']} | {s['equivalent']} | {s['killed']}"
-        lines.append(f"| `{r['module']}` | {counts} | {100 * s['score']:.1f} % |")
+        lines.append(f"| `{r['module']}` | {counts} | {percent(s['score'])} |")
     lines += partial_notes(results, equivalent)
     missing = [f"`{m}`" for m in MODULES if m not in {r["module"] for r in results}]
     if missing:
