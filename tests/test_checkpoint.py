@@ -479,3 +479,9 @@ def test_the_class_list_message_names_both_sides(trained, tiny_backbone):
         "model.safetensors has a different class list (not in the model: ['traffic light']; not in the "
         "checkpoint: ['bird']); the checkpoint's classes: ['cat', 'dog', 'traffic light']"
     )
+    with pytest.raises(CheckpointError) as info:  # a class missing on one side only is not "order"
+        load_checkpoint(CapNet(tiny_backbone(), ["cat", "dog"]), path)
+    assert str(info.value) == (
+        "model.safetensors has a different class list (not in the model: ['traffic light']; not in the "
+        "checkpoint: []); the checkpoint's classes: ['cat', 'dog', 'traffic light']"
+    )
