@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
+import stat
 from dataclasses import asdict
 from importlib.metadata import version
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -16,6 +20,7 @@ from safetensors.torch import save_file
 
 import capnet
 import capnet.checkpoint as ckpt_mod
+from capnet.backbone import WEIGHTS_ENV, load_backbone
 from capnet.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -320,3 +325,163 @@ def test_failed_save_keeps_previous_checkpoint(trained, tmp_path, tiny_backbone,
     load_checkpoint(fresh, path)
     x = images(3)
     torch.testing.assert_close(fresh.predict_logits(x), model.predict_logits(x), atol=1e-6, rtol=0)
+
+
+def test_a_checkpoint_is_readable_like_any_file_and_written_beside_itself(trained, tmp_path, monkeypatch):
+    model, path = trained
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not the 0600 of a temp file
+    seen = []
+    real_save_file = ckpt_mod.save_file
+    monkeypatch.setattr(
+        ckpt_mod,
+        "save_file",
+        lambda t, name, metadata: seen.append(name) or real_save_file(t, name, metadata),
+    )
+    save_checkpoint(model, path)
+    temp = Path(seen[0])
+    # The temporary file sits in the same folder (so the rename is atomic), hidden, with a .tmp suffix.
+    assert (
+        temp.parent == path.parent and temp.name.startswith(f".{path.name}.") and temp.name.endswith(".tmp")
+    )
+    assert not temp.exists()
+
+
+# ----------------------------------------------------------------------------- rebuilding from metadata
+
+
+def test_a_checkpoint_without_a_fingerprint_still_loads(trained, tiny_backbone, tmp_path):
+    # Checkpoints written before fingerprints were recorded carry none: nothing to compare, so they load.
+    model, path = trained
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["capnet"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    del meta["backbone_fingerprint"]
+    older = tmp_path / "older.safetensors"
+    save_file(tensors, str(older), metadata={"capnet": json.dumps(meta)})
+    fresh = CapNet(tiny_backbone(), CLASSES).eval()
+    load_checkpoint(fresh, older)
+    x = images(4)
+    torch.testing.assert_close(fresh.predict_logits(x), model.predict_logits(x), atol=1e-6, rtol=0)
+
+
+def test_a_zero_shot_checkpoint_rebuilds_a_zero_shot_model(tiny_backbone, tmp_path):
+    model = CapNet(tiny_backbone(), CLASSES, zero_shot=True).eval()
+    path = save_checkpoint(model, tmp_path / "zs.safetensors")
+    rebuilt = model_from_checkpoint(path, device="cpu").eval()
+    assert rebuilt.zero_shot is True and rebuilt.prompts is None
+    x = images(5)
+    torch.testing.assert_close(rebuilt.predict_logits(x), model.predict_logits(x), atol=1e-6, rtol=0)
+
+
+def test_a_cooccurrence_checkpoint_is_not_rebuilt_from_metadata_alone(tiny_backbone, tmp_path):
+    config = ModelConfig()
+    config.graph.source = "cooccurrence"
+    labels = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]])
+    model = CapNet(tiny_backbone(), CLASSES, config, train_labels=labels)
+    path = save_checkpoint(model, tmp_path / "cooc.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        model_from_checkpoint(path, device="cpu")
+    assert str(info.value) == (
+        "cooc.safetensors uses a co-occurrence graph, which is rebuilt from the training labels: "
+        "build CapNet(..., train_labels=...) and call load_checkpoint"
+    )
+
+
+SYNTH = Path(__file__).resolve().parents[1] / "checkpoints" / "capnet-synth.safetensors"
+
+
+def _trained_on_weights_file(tmp_path: Path, weights: str) -> tuple[CapNet, Path]:
+    """A model on the shipped tiny CLIP loaded from ``weights``, saved to tmp_path/run/model.safetensors."""
+    backbone = load_backbone(name="capnet-synth", pretrained=None, device="cpu", weights=weights)
+    model = CapNet(backbone, CLASSES).eval()
+    with torch.no_grad():
+        model.class_bias.add_(torch.tensor([0.5, -0.25, 1.0]))
+    return model, save_checkpoint(model, tmp_path / "run" / "model.safetensors")
+
+
+def _same_predictions(rebuilt: CapNet, model: CapNet) -> None:
+    side = model.clip.visual.image_size[0]
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(rebuilt.eval().predict_logits(x), model.predict_logits(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("recorded", ["absolute", "relative"])
+def test_rebuild_uses_the_weights_file_where_it_was(tmp_path, monkeypatch, recorded):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    shutil.copy(SYNTH, tmp_path / "w" / "synth.safetensors")
+    weights = str(tmp_path / "w" / "synth.safetensors") if recorded == "absolute" else "w/synth.safetensors"
+    model, path = _trained_on_weights_file(tmp_path, weights)
+    assert read_metadata(path)["config"]["backbone"]["weights"] == weights
+    _same_predictions(model_from_checkpoint(path), model)
+
+
+def test_rebuild_finds_the_weights_file_beside_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    (tmp_path / "w").mkdir()
+    shutil.copy(SYNTH, tmp_path / "w" / "synth.safetensors")
+    model, path = _trained_on_weights_file(tmp_path, str(tmp_path / "w" / "synth.safetensors"))
+    # Shipped together: the recorded folder is gone, the file lies next to the checkpoint.
+    shutil.move(tmp_path / "w" / "synth.safetensors", path.parent / "synth.safetensors")
+    _same_predictions(model_from_checkpoint(path), model)
+
+
+def test_rebuild_without_its_weights_file_is_refused_unless_weights_are_named(tmp_path, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    (tmp_path / "w").mkdir()
+    recorded = str(tmp_path / "w" / "synth.safetensors")
+    shutil.copy(SYNTH, recorded)
+    model, path = _trained_on_weights_file(tmp_path, recorded)
+    moved = shutil.move(recorded, tmp_path / "elsewhere.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        model_from_checkpoint(path)
+    assert str(info.value) == (
+        f"model.safetensors was trained on the weights file {recorded}, which is not on this machine: "
+        f"pass it with --weights PATH (or set {WEIGHTS_ENV})"
+    )
+    _same_predictions(model_from_checkpoint(path, weights=str(moved)), model)
+    monkeypatch.setenv(WEIGHTS_ENV, str(moved))
+    _same_predictions(model_from_checkpoint(path), model)
+
+
+def test_a_checkpoint_keeps_its_own_model_config(tiny_backbone, tmp_path):
+    config = ModelConfig(prompt=PromptConfig(n_ctx=4))
+    model = make_trained(tiny_backbone, config=config)
+    path = save_checkpoint(model, tmp_path / "short.safetensors")
+    rebuilt = model_from_checkpoint(path, device="cpu").eval()
+    assert rebuilt.config.prompt.n_ctx == 4 and rebuilt.prompts.ctx.shape == model.prompts.ctx.shape
+    x = images(7)
+    torch.testing.assert_close(rebuilt.predict_logits(x), model.predict_logits(x), atol=1e-6, rtol=0)
+
+
+def test_another_pretrained_tag_is_refused(trained, tiny_backbone, tmp_path):
+    _, path = trained
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["capnet"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta["backbone"]["pretrained"] = " OpenAI "  # read as the tag it names
+    other = tmp_path / "tagged.safetensors"
+    save_file(tensors, str(other), metadata={"capnet": json.dumps(meta)})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(CapNet(tiny_backbone(), CLASSES), other)
+    assert str(info.value) == (
+        "tagged.safetensors was trained on backbone capnet-tiny (OpenAI), "
+        "but the model uses capnet-tiny (None)"
+    )
+
+
+def test_the_class_list_message_names_both_sides(trained, tiny_backbone):
+    _, path = trained
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(CapNet(tiny_backbone(), ["cat", "dog", "bird"]), path)
+    assert str(info.value) == (
+        "model.safetensors has a different class list (not in the model: ['traffic light']; not in the "
+        "checkpoint: ['bird']); the checkpoint's classes: ['cat', 'dog', 'traffic light']"
+    )
+    with pytest.raises(CheckpointError) as info:  # a class missing on one side only is not "order"
+        load_checkpoint(CapNet(tiny_backbone(), ["cat", "dog"]), path)
+    assert str(info.value) == (
+        "model.safetensors has a different class list (not in the model: ['traffic light']; not in the "
+        "checkpoint: []); the checkpoint's classes: ['cat', 'dog', 'traffic light']"
+    )
