@@ -94,6 +94,20 @@ def test_removing_every_edge_gives_the_gcn_on_the_edgeless_graph(tiny_backbone):
     assert abs(result.logit_without_edges - result.logit_without_gcn) > 1e-3
 
 
+@pytest.mark.parametrize("arch", ["capnet-tiny", "capnet-tiny-rn"])
+def test_removing_every_edge_and_self_loop_gives_the_no_gcn_logit_exactly(tiny_backbone, arch):
+    """The issue's check, with the self-loops counted as edges: the model's own forward on an all-zero
+    adjacency (bias-free graph convolutions, LeakyReLU(0) = 0) is the no-GCN logit."""
+    model = _capnet(tiny_backbone(arch))
+    x, image = _image_feature(model)
+    result = graph_attribution(model, image, "dog")
+    with torch.no_grad():
+        model.adjacency.zero_()
+        edgeless = float(model.predict_logits(x)[0, 1])
+    assert result.logit_without_gcn == pytest.approx(edgeless, abs=1e-5)
+    assert abs(result.logit - result.logit_without_gcn) > 1e-3  # the GCN does move this logit
+
+
 def test_an_untrained_gcn_changes_nothing(tiny_backbone):
     model = _capnet(tiny_backbone(), trained=False)
     _, image = _image_feature(model)
