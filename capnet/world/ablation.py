@@ -4,9 +4,10 @@ Synth-LT: a pool of captioned scenes (capnet.world.scenes) cut to a long tail by
 VOC-LT, and a test set of fresh scenes from the same natural distribution (as VOC2007 test is). The
 ablation trains each configuration with the capnet engine on the shipped tiny CLIP
 (checkpoints/capnet-synth.safetensors) for several seeds and reports mean and standard deviation of
-total / head / medium / tail mAP.
+total / head / medium / tail mAP. The recipe is chosen on validation first, linear probes on the same
+frozen features are the reference rows, and the best-validation model is saved for the app.
 
-    python -m capnet.world.ablation --out runs/ablation        (about 15 minutes on two CPU cores)
+    python -m capnet.world.ablation --out runs/ablation/world0 --world 0   (about an hour on two CPU cores)
 """
 
 from __future__ import annotations
