@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,19 @@ def in_ci(environ: Mapping[str, str] | None = None) -> bool:
     """Whether CI is set to a usual truthy value: there, a missing test input fails instead of skipping."""
     value = (os.environ if environ is None else environ).get("CI", "")
     return value.strip().lower() in TRUTHY
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def require_browser() -> None:
+    """At a browser test module's import: without Playwright or Debian's chromium the module is skipped
+    on a developer machine and fails under CI."""
+    if importlib.util.find_spec("playwright") is None or not Path(CHROMIUM).exists():
+        reason = "Playwright or Debian's chromium is not installed (make test installs both)"
+        if in_ci():
+            pytest.fail(f"browser tests must run in CI: {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
 
 
 def skip_or_fail(reason: str) -> None:

@@ -17,24 +17,14 @@ import pytest
 from PIL import Image
 
 from capnet.checkpoint import read_metadata
-from tests.common import VOC_CLASSES, in_ci
+from tests.common import CHROMIUM, VOC_CLASSES, require_browser
 from tests.serve_app import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
+require_browser()
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - decided below
-    sync_playwright = None
-
-if sync_playwright is None or not Path(CHROMIUM).exists():
-    reason = "Playwright or Debian's chromium is not installed (make test installs both)"
-    if in_ci():
-        pytest.fail(f"browser tests must run in CI: {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 # The first prediction loads models and calibrates: allow a slow CI machine more than expect's 5 s.
 expect.set_options(timeout=60_000)

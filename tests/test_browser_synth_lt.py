@@ -5,27 +5,14 @@ Same pattern as test_browser.py (Debian's chromium driven by Playwright; never s
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from app.models import SYNTH_LT_NAME
-from tests.common import in_ci
+from tests.common import CHROMIUM, require_browser
 from tests.serve_app import running_app
 from tests.synth_lt_standin import build_standin
 
-CHROMIUM = "/usr/bin/chromium"
+require_browser()
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - decided below
-    sync_playwright = None
-
-if sync_playwright is None or not Path(CHROMIUM).exists():
-    reason = "Playwright or Debian's chromium is not installed (make test installs both)"
-    if in_ci():
-        pytest.fail(f"browser tests must run in CI: {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 expect.set_options(timeout=60_000)
 

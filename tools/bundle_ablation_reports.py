@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from capnet.world.ablation import slug
+
 ROWS = {"zero-shot": "synth-lt-zero-shot", "GCN-text-embedding-graph": "synth-lt-capnet-text-graph",
         "GCN-co-occurrence-graph": "synth-lt-cooccurrence-graph"}  # fmt: skip
 ASSETS = Path("assets/reports")
@@ -33,9 +35,9 @@ def bundle_reports(source: Path) -> None:
     rows = dict(ROWS)
     shipped = table.get("shipped")
     if shipped:
-        rows[shipped["row"].strip("+ ").replace(" ", "-").replace(",", "")] = "synth-lt-capnet"
-    for slug, name in rows.items():
-        src, dst = source / "reports" / slug, ASSETS / name
+        rows[slug(shipped["row"])] = "synth-lt-capnet"
+    for folder, name in rows.items():
+        src, dst = source / "reports" / folder, ASSETS / name
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
         report = json.loads((src / "report.json").read_text())

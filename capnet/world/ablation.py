@@ -151,7 +151,8 @@ def base_config(out: Path, weights: Path, epochs: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """The folder name of a row's runs and reports."""
     return name.strip("+ ").replace(" ", "-").replace(",", "").replace('"', "")
 
 
@@ -174,7 +175,7 @@ def select_recipe(base: dict[str, Any], train: Records, out: Path, seed: int = 0
         cfg = from_dict(
             RunConfig, _merge(_merge(base, recipe), {**row, "train": {**recipe["train"], "seed": seed}})
         )
-        _, kept = train_one(cfg, train, out / "recipes" / _slug(name))
+        _, kept = train_one(cfg, train, out / "recipes" / slug(name))
         scores[name] = kept
         print(
             f"recipe {name:<36} validation mAP {100 * kept['val_total']:.1f} (epoch {kept['epoch']})",
@@ -275,7 +276,7 @@ def run_ablation(
             cfg = from_dict(
                 RunConfig, _merge(base, {**change, "train": {**change.get("train", {}), "seed": seed}})
             )
-            run_dir = out / "runs" / f"{_slug(name)}-seed{seed}"
+            run_dir = out / "runs" / f"{slug(name)}-seed{seed}"
             if zero_shot:
                 model, kept = (
                     CapNet(load_backbone(cfg.model.backbone), train.class_names, cfg.model, zero_shot=True),
@@ -295,7 +296,7 @@ def run_ablation(
             if seed == seeds[0]:
                 report["name"] = name.strip()
                 report["kept"] = kept or None
-                write_report(report, logits, test, out / "reports" / _slug(name))
+                write_report(report, logits, test, out / "reports" / slug(name))
                 first_models[name] = (model, kept, _groups(report["results"]["single"]))
         table[name] = _summarise(runs)
         print(
